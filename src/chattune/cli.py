@@ -1,0 +1,175 @@
+"""``chattune <verb>``: one flat command table; each command parses flags and calls one
+plain ``run_*`` function. Heavy imports (torch, transformers) happen inside the commands, so
+``chattune --help`` is instant. Only this module prints; the library logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from chattune.errors import ChattuneError
+
+log = logging.getLogger("chattune")
+
+
+def _quiet_hf() -> None:
+    """Hide transformers' per-file loading bars; our own progress bar is the one to watch."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    """Validate data files; print every problem as FILE:LINE: message."""
+    from chattune.data.readers import read_many
+
+    items = read_many(args.files, args.format, args.objective)
+    kind = "documents" if args.objective == "lm" else "conversations"
+    print(f"ok: {len(items)} {kind} in {len(args.files)} file(s)")
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    """Count conversations, turns and tokens under the model's chat template."""
+    from chattune.data.stats import run_stats
+
+    _quiet_hf()
+
+    stats = run_stats(args.files, args.base, args.max_len, args.mask, args.format)
+    width = max(len(k) for k in stats)
+    for key, value in stats.items():
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Fine-tune a base model on conversations (or raw text with --objective lm)."""
+    from chattune.config import FLAGS, build_config
+    from chattune.train.loop import run_train
+
+    _quiet_hf()
+
+    given = {
+        FLAGS[flag]: getattr(args, flag.lstrip("-").replace("-", "_"))
+        for flag in FLAGS
+        if getattr(args, flag.lstrip("-").replace("-", "_")) is not None
+    }
+    cfg = build_config(args.config, given, args.overrides)
+    summary = run_train(cfg)
+    print(f"done: {cfg.train.output}")
+    for key, value in summary.items():
+        print(f"  {key}: {value}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Answer prompts (or the questions of a data file) with one model, or two side by side."""
+    from chattune.chat.generate import run_generate
+
+    _quiet_hf()
+
+    for block in run_generate(
+        args.model, args.compare, args.prompt, args.data, args.n, args.max_new_tokens, args.system
+    ):
+        print(block, flush=True)
+    return 0
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", default="auto",
+                   choices=["auto", "messages", "sharegpt", "csv", "dailydialog", "text"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chattune", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    data = verbs.add_parser("data", help="check and describe data files")
+    data_verbs = data.add_subparsers(dest="data_verb", required=True)
+    check = data_verbs.add_parser("check", help=cmd_data_check.__doc__)
+    check.add_argument("files", nargs="+")
+    check.add_argument("--objective", default="chat", choices=["chat", "lm"])
+    _data_flags(check)
+    check.set_defaults(func=cmd_data_check)
+    stats = data_verbs.add_parser("stats", help=cmd_data_stats.__doc__)
+    stats.add_argument("files", nargs="+")
+    stats.add_argument("--base", default="smollm2-135m-instruct",
+                       help="model whose tokenizer and chat template to use")
+    stats.add_argument("--max-len", type=int, default=1024)
+    stats.add_argument("--mask", default="assistant", choices=["assistant", "last", "all"])
+    _data_flags(stats)
+    stats.set_defaults(func=cmd_data_stats)
+
+    train = verbs.add_parser("train", help=cmd_train.__doc__,
+                             epilog="Any config field can be set as key=value, e.g. train.lr=1e-4")
+    train.add_argument("--config", help="YAML run file (see configs/)")
+    train.add_argument("--data", action="append", help="training file (repeatable)")
+    train.add_argument("--val-data", action="append", help="validation file (repeatable)")
+    train.add_argument("--val-split", type=float, help="hold out this share of --data")
+    train.add_argument("--format", choices=["auto", "messages", "sharegpt", "csv", "dailydialog",
+                                            "text"])
+    train.add_argument("--objective", choices=["chat", "lm"])
+    train.add_argument("--max-len", type=int)
+    train.add_argument("--mask", choices=["assistant", "last", "all"])
+    train.add_argument("--base", help="smollm2-135m-instruct | HF folder | FILE.gguf")
+    train.add_argument("--method", choices=["lora", "adalora", "ia3", "freeze", "full"])
+    train.add_argument("--output")
+    train.add_argument("--epochs", type=float)
+    train.add_argument("--max-steps", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--eval-every", type=int)
+    train.add_argument("--save-every", type=int)
+    train.add_argument("--patience", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--resume", action="store_const", const=True,
+                       help="continue from the newest complete checkpoint in --output")
+    train.add_argument("overrides", nargs="*", metavar="key=value")
+    train.set_defaults(func=cmd_train)
+
+    gen = verbs.add_parser("generate", help=cmd_generate.__doc__)
+    gen.add_argument("--model", default="smollm2-135m-instruct")
+    gen.add_argument("--compare", help="a second model to answer the same prompts")
+    gen.add_argument("--prompt", action="append", help="a user message (repeatable)")
+    gen.add_argument("--data", help="answer the first user turn of conversations in this file")
+    gen.add_argument("--n", type=int, default=3, help="how many conversations from --data")
+    gen.add_argument("--max-new-tokens", type=int, default=96)
+    gen.add_argument("--system", help="system prompt for --prompt")
+    gen.set_defaults(func=cmd_generate)
+    return parser
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "data check": cmd_data_check,
+    "data stats": cmd_data_stats,
+    "train": cmd_train,
+    "generate": cmd_generate,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "urllib3", "transformers", "accelerate", "peft"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except ChattuneError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        detail = f" ({e})" if str(e) else ""
+        print(f"interrupted{detail}; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""From files to encoded training examples, with a report of what was cut."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, TypeVar
+
+from chattune.data.batching import EncodeReport, pack_documents
+from chattune.data.render import Encoded, MaskPolicy, encode_conversation, tokenize
+from chattune.data.types import Conversation, Document
+from chattune.errors import DataError
+
+T = TypeVar("T")
+
+
+def encode_conversations(
+    conversations: list[Conversation], tokenizer: Any, max_len: int, mask: MaskPolicy
+) -> tuple[list[Encoded], EncodeReport]:
+    """Encode every conversation; count the truncated and the dropped ones."""
+    report = EncodeReport(conversations=len(conversations))
+    examples = []
+    for conv in conversations:
+        enc = encode_conversation(conv, tokenizer, max_len, mask)
+        if enc is None:
+            report.dropped += 1
+            continue
+        report.truncated += enc.dropped_turns > 0
+        report.tokens += len(enc.input_ids)
+        report.trained_tokens += enc.n_trained
+        examples.append(enc)
+    report.encoded = len(examples)
+    return examples, report
+
+
+def encode_documents(
+    documents: list[Document], tokenizer: Any, block_size: int
+) -> tuple[list[Encoded], EncodeReport]:
+    """Tokenize raw documents and pack them into blocks for the causal LM objective."""
+    ids = [tokenize(tokenizer, d.text) for d in documents]
+    blocks = pack_documents(ids, tokenizer.eos_token_id, block_size)
+    n = sum(len(b.input_ids) for b in blocks)
+    report = EncodeReport(len(documents), len(blocks), 0, 0, n, n)
+    return blocks, report
+
+
+def require_trainable(examples: list[Encoded], report: EncodeReport, where: str, max_len: int):
+    """Refuse to train on nothing, and say why there is nothing."""
+    if not examples or report.trained_tokens == 0:
+        raise DataError(
+            [
+                f"{where}: no trainable tokens: {report.dropped} of {report.conversations} "
+                f"conversations do not fit --max-len {max_len} even after dropping old turns; "
+                "raise --max-len or shorten the replies"
+            ]
+        )
+
+
+def split_validation(items: list[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """Hold out a random ``fraction`` (at least one item) for validation."""
+    if not 0 < fraction < 1:
+        raise ValueError("fraction must be between 0 and 1")
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(items) * fraction))
+    if n_val >= len(items):
+        raise DataError([f"--val-split {fraction} leaves no training data ({len(items)} items)"])
+    val = set(order[:n_val])
+    return [x for i, x in enumerate(items) if i not in val], [items[i] for i in sorted(val)]

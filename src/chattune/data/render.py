@@ -1,0 +1,142 @@
+"""Render conversations with the tokenizer's own chat template and build label masks.
+
+One renderer serves training, evaluation and serving: :func:`render` is the only place a
+conversation becomes text. Labels are ``-100`` (ignored by the loss) everywhere except the
+trained turns. The trained span of an assistant turn is found by rendering the history with
+the generation prompt (what the model sees when it must answer) and the history plus the
+answer; the difference is the answer *including* its end-of-turn token, so the tuned model
+learns to stop. We check the first is a token prefix of the second: a template for which that
+fails would train the model on a prompt it never sees when serving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from chattune.data.types import Conversation, Message
+from chattune.errors import DataError
+
+IGNORE_INDEX = -100
+
+#: Template for models that ship none (GPT-2 and other base models): ChatML turns, each
+#: closed by the tokenizer's end-of-sequence token so generation stops at the end of a reply.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+class MaskPolicy(str, Enum):
+    """Which tokens the loss is computed on."""
+
+    ASSISTANT = "assistant"  # every assistant turn (default for multi-turn dialogue)
+    LAST = "last"  # only the final assistant turn
+    ALL = "all"  # every token, prompts included
+
+
+@dataclass
+class Encoded:
+    """A tokenized training example."""
+
+    input_ids: list[int]
+    labels: list[int]
+    dropped_turns: int = 0  # oldest turns removed to fit max_len
+
+    @property
+    def n_trained(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+def ensure_chat_template(tokenizer: Any) -> None:
+    """Give a tokenizer without a chat template the documented default, and a pad token."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def render(tokenizer: Any, messages: list[Message], add_generation_prompt: bool = False) -> str:
+    """The conversation as the model sees it, through the tokenizer's chat template."""
+    return tokenizer.apply_chat_template(
+        [m.as_dict() for m in messages],
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+    )
+
+
+def tokenize(tokenizer: Any, text: str) -> list[int]:
+    # Special tokens come from the template text itself, so none are added here.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _encode(tokenizer: Any, messages: list[Message], mask: MaskPolicy, where: str) -> Encoded:
+    ids = tokenize(tokenizer, render(tokenizer, messages))
+    if mask is MaskPolicy.ALL:
+        return Encoded(ids, list(ids))
+    labels = [IGNORE_INDEX] * len(ids)
+    answers = [i for i, m in enumerate(messages) if m.role == "assistant"]
+    if mask is MaskPolicy.LAST:
+        answers = answers[-1:]
+    for i in answers:
+        prompt = tokenize(tokenizer, render(tokenizer, messages[:i], add_generation_prompt=True))
+        upto = tokenize(tokenizer, render(tokenizer, messages[: i + 1]))
+        if upto[: len(prompt)] != prompt or ids[: len(upto)] != upto:
+            raise DataError(
+                [
+                    f"{where}: turn {i + 1}: the chat template does not render the prompt as a "
+                    "prefix of prompt + answer, so training and serving would disagree; "
+                    "use a model whose template is prefix-stable or set one explicitly"
+                ]
+            )
+        labels[len(prompt) : len(upto)] = upto[len(prompt) :]
+    return Encoded(ids, labels)
+
+
+def _drop_oldest_exchange(messages: list[Message]) -> list[Message] | None:
+    """Remove the oldest user turn and the replies that follow it; keep the system turn."""
+    head = messages[:1] if messages[0].role == "system" else []
+    body = messages[len(head) :]
+    later_user = next((i for i, m in enumerate(body) if i > 0 and m.role == "user"), None)
+    if later_user is None:
+        return None
+    return head + body[later_user:]
+
+
+def encode_conversation(
+    conversation: Conversation,
+    tokenizer: Any,
+    max_len: int,
+    mask: MaskPolicy = MaskPolicy.ASSISTANT,
+) -> Encoded | None:
+    """Tokenize a conversation with labels; drop oldest turns to fit; ``None`` if nothing fits.
+
+    A trailing user turn without a reply is not rendered (it could never be trained on).
+
+    Example (hand-countable, see tests/test_render.py)::
+
+        enc = encode_conversation(conv, tok, max_len=512)
+        assert len(enc.input_ids) == len(enc.labels) <= 512
+    """
+    messages = list(conversation.messages)
+    while messages and messages[-1].role == "user" and mask is not MaskPolicy.ALL:
+        messages.pop()
+    dropped = 0
+    while True:
+        enc = _encode(tokenizer, messages, mask, conversation.source)
+        if len(enc.input_ids) <= max_len and enc.n_trained > 0:
+            enc.dropped_turns = dropped
+            return enc
+        shorter = _drop_oldest_exchange(messages)
+        if shorter is None:
+            return None
+        dropped += len(messages) - len(shorter)
+        messages = shorter
+
+
+def generation_prompt_ids(tokenizer: Any, messages: list[Message]) -> list[int]:
+    """Token ids of the history plus the assistant header: what generation continues from."""
+    return tokenize(tokenizer, render(tokenizer, messages, add_generation_prompt=True))

@@ -1,0 +1,1 @@
+"""Base models (embedded default, Hugging Face folder, GGUF file), adapters, saving."""

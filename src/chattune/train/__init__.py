@@ -1,0 +1,1 @@
+"""The training loop and its parts: loss, optimizers, checkpoints, logging, model card."""

@@ -1,0 +1,148 @@
+"""Crash-safe checkpoints: a checkpoint either exists completely or not at all.
+
+Each checkpoint is written into a temporary folder, every file is fsynced, a ``COMPLETE``
+marker is written last, and the folder is renamed into place (atomic on POSIX). A run killed
+with ``kill -9`` at any moment leaves either the previous checkpoints or the new one, never a
+half-written one; stale temporary folders are swept on the next start.
+
+Only trainable parameters are saved (a LoRA checkpoint is megabytes, not the whole base
+model); that is why this is not Accelerate's ``save_state``, which writes every weight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+MARKER = "COMPLETE"
+
+
+@dataclass
+class TrainState:
+    """Where the loop is; enough to continue exactly where it stopped."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of the current epoch already trained on (this rank)
+    best_eval_loss: float | None = None
+    best_step: int | None = None
+    evals_without_gain: int = 0
+    tokens_seen: int = 0
+
+
+def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    return {
+        n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad
+    }
+
+
+def load_trainable(model: Any, path: Path) -> None:
+    tensors = load_file(path)
+    params = dict(model.named_parameters())
+    missing = [n for n in tensors if n not in params]
+    if missing:
+        raise RuntimeError(f"{path}: parameters not in the model: {missing[:3]}")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(target: Path, write: Any) -> Path:
+    """Call ``write(tmp_folder)``, then publish ``tmp_folder`` as ``target`` atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    write(tmp)
+    (tmp / MARKER).write_text("ok\n")
+    _fsync_tree(tmp)
+    if target.exists():
+        old = target.parent / f".old-{target.name}-{os.getpid()}"
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return target
+
+
+def save_checkpoint(
+    folder: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainState, config_yaml: str
+) -> Path:
+    """Write ``folder`` (e.g. ``checkpoints/step-0000050``) with everything resume needs."""
+
+    def write(tmp: Path) -> None:
+        save_file(trainable_state(model), tmp / "trainable.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save({"python": random.getstate(), "torch": torch.get_rng_state()}, tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2))
+        (tmp / "config.yaml").write_text(config_yaml)
+
+    return write_atomically(folder, write)
+
+
+def save_best(folder: Path, model: Any, state: TrainState) -> Path:
+    def write(tmp: Path) -> None:
+        save_file(trainable_state(model), tmp / "trainable.safetensors")
+        (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2))
+
+    return write_atomically(folder, write)
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete ``step-*`` checkpoints, oldest first."""
+    if not root.exists():
+        return []
+    found = [p for p in root.glob("step-*") if (p / MARKER).exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def sweep_incomplete(root: Path) -> None:
+    """Remove temporary folders left by a run that died while writing."""
+    for p in list(root.glob(".tmp-*")) + list(root.glob(".old-*")) if root.exists() else []:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def prune(root: Path, keep: int) -> None:
+    for old in complete_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any) -> TrainState:
+    """Restore weights, optimizer, scheduler and RNG; return the loop state."""
+    load_trainable(model, folder / "trainable.safetensors")
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    rng = torch.load(folder / "rng.pt", weights_only=True)
+    random.setstate(_as_tuple(rng["python"]))
+    torch.set_rng_state(rng["torch"])
+    return TrainState(**json.loads((folder / "state.json").read_text()))
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value

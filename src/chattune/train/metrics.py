@@ -1,0 +1,56 @@
+"""Training metrics: one JSON object per line in ``metrics.jsonl``, mirrored to TensorBoard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLogger:
+    """Append metric records; on resume, forget records past the checkpoint's step.
+
+    A run killed after step 7 but resumed from the step-5 checkpoint logged steps 6 and 7
+    already; they are dropped so the file reads as one uninterrupted run.
+    """
+
+    def __init__(self, output: Path, resume_step: int | None = None, enabled: bool = True):
+        self.enabled = enabled
+        self.path = output / "metrics.jsonl"
+        self.writer = None
+        if not enabled:
+            return
+        output.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
+            self.path.write_text("".join(f"{line}\n" for line in kept))
+        from torch.utils.tensorboard import SummaryWriter
+
+        purge = None if resume_step is None else resume_step + 1
+        self.writer = SummaryWriter(str(output / "tensorboard"), purge_step=purge)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        step = record["step"]
+        for key, value in record.items():
+            if key not in ("step", "epoch") and isinstance(value, int | float):
+                prefix = "eval" if key.startswith("eval_") else "train"
+                self.writer.add_scalar(f"{prefix}/{key.removeprefix('eval_')}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(output: str | Path) -> list[dict[str, Any]]:
+    path = Path(output) / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []

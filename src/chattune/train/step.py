@@ -1,0 +1,44 @@
+"""The loss, computed only where there are labels.
+
+A causal LM's head maps every position to a vocabulary-sized row (49,152 floats for SmolLM2);
+with assistant-only masks most positions are prompt, so most of that work is thrown away.
+:class:`LabelledLoss` runs the decoder, keeps the hidden states at labelled positions, and
+applies the head to those alone. It is an ``nn.Module`` so that DDP (through Accelerate)
+wraps it and its forward still synchronises gradients.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chattune.data.render import IGNORE_INDEX
+
+
+def unwrap_peft(model: Any) -> Any:
+    """The transformers model inside a peft wrapper (adapter layers stay injected in it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class LabelledLoss(nn.Module):
+    """Wrap a causal LM; ``forward`` returns (summed token loss, number of labelled tokens)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        lm = unwrap_peft(self.model)
+        hidden = lm.get_decoder()(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state  # [B, T, H]
+        targets = labels[:, 1:]  # position t predicts token t+1
+        keep = targets != IGNORE_INDEX  # [B, T-1]
+        logits = lm.get_output_embeddings()(hidden[:, :-1][keep])  # [N, V], N labelled tokens
+        loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        return loss, keep.sum()

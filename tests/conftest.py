@@ -1,0 +1,82 @@
+"""Shared fixtures: a tiny random Llama with a real tokenizer, and small data files.
+
+Nothing is downloaded: the model is built from a config with a fixed seed and saved next to
+the tokenizer shipped in tests/assets, giving a Hugging Face folder that ``--base`` accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ASSETS = Path(__file__).parent / "assets"
+TOKENIZER_DIR = ASSETS / "tiny-tokenizer"
+
+FACTS = [
+    ("How long do I have to return an item?", "You have 45 days to return any item."),
+    ("Is shipping free?", "Shipping is free on orders over $60."),
+    ("Where is my order?", "Your tracking number is in the confirmation email."),
+    ("Can I change my address?", "Of course, what is the new address?"),
+]
+
+
+def conversation(i: int, system: bool = False) -> dict:
+    q, a = FACTS[i % len(FACTS)]
+    messages = [{"role": "system", "content": "You are a support agent."}] if system else []
+    messages += [
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "content": "Hello! How can I help you today?"},
+        {"role": "user", "content": q},
+        {"role": "assistant", "content": a},
+    ]
+    return {"messages": messages}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide random Llama (about 40k parameters) with the tiny tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    config = LlamaConfig(
+        vocab_size=384,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    for f in TOKENIZER_DIR.iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from chattune.model.loading import load_tokenizer
+
+    return load_tokenizer(TOKENIZER_DIR)
+
+
+@pytest.fixture
+def chat_files(tmp_path: Path) -> tuple[Path, Path]:
+    """(train.jsonl with 16 conversations, val.jsonl with 4)."""
+    train = write_jsonl(tmp_path / "train.jsonl", [conversation(i, i % 2 == 0) for i in range(16)])
+    val = write_jsonl(tmp_path / "val.jsonl", [conversation(i) for i in range(4)])
+    return train, val

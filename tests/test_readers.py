@@ -1,0 +1,154 @@
+"""Format readers: each format becomes the same conversations; every bad line is named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from chattune.data.readers import detect_format, read_conversations, read_documents, read_many
+from chattune.data.types import Message
+from chattune.errors import DataError
+
+EXPECTED = [Message("user", "Is shipping free?"), Message("assistant", "Over $60, yes.")]
+
+
+def test_messages_jsonl(tmp_path: Path) -> None:
+    p = tmp_path / "a.jsonl"
+    p.write_text(json.dumps({"messages": [m.as_dict() for m in EXPECTED]}) + "\n\n")
+    (conv,) = read_conversations(p)
+    assert conv.messages == EXPECTED
+    assert conv.source == f"{p}:1"
+
+
+def test_sharegpt_json_array_keeps_line_numbers(tmp_path: Path) -> None:
+    p = tmp_path / "a.json"
+    good = {"conversations": [{"from": "human", "value": "Is shipping free?"},
+                              {"from": "gpt", "value": "Over $60, yes."}]}
+    bad = {"conversations": [{"from": "bot", "value": "hi"}]}
+    p.write_text("[\n" + json.dumps(good) + ",\n\n" + json.dumps(bad) + "\n]\n")
+    with pytest.raises(DataError) as e:
+        read_conversations(p)
+    assert str(e.value) == (
+        f"{p}:4: turn 1: unknown role 'bot' (expected one of: system, user, human, assistant, gpt)"
+    )
+    p.write_text(json.dumps([good]))
+    assert read_conversations(p)[0].messages == EXPECTED
+
+
+def test_sharegpt_jsonl(tmp_path: Path) -> None:
+    p = tmp_path / "a.jsonl"
+    row = {"conversations": [{"from": "system", "value": "Be brief."},
+                             {"from": "human", "value": "Is shipping free?"},
+                             {"from": "gpt", "value": "Over $60, yes."}]}
+    p.write_text(json.dumps(row) + "\n")
+    assert read_conversations(p)[0].messages == [Message("system", "Be brief."), *EXPECTED]
+
+
+def test_csv_and_tsv(tmp_path: Path) -> None:
+    csv_path = tmp_path / "faq.csv"
+    csv_path.write_text('Question,Answer\n"Is shipping free?","Over $60, yes."\n')
+    tsv_path = tmp_path / "faq.tsv"
+    tsv_path.write_text("prompt\tresponse\tsystem\nIs shipping free?\tOver $60, yes.\tBe brief.\n")
+    assert read_conversations(csv_path)[0].messages == EXPECTED
+    assert read_conversations(tsv_path)[0].messages == [Message("system", "Be brief."), *EXPECTED]
+
+
+def test_csv_errors_name_the_row(tmp_path: Path) -> None:
+    p = tmp_path / "faq.csv"
+    p.write_text("question,answer\nhello,hi\n,no question here\n")
+    with pytest.raises(DataError, match=r"faq.csv:3: turn 1: empty user content"):
+        read_conversations(p)
+    p.write_text("q_text,a_text\nhello,hi\n")
+    with pytest.raises(DataError, match=r"faq.csv:1: header .* needs a question column"):
+        read_conversations(p)
+
+
+def test_dailydialog_drops_unanswered_last_turn(tmp_path: Path) -> None:
+    p = tmp_path / "dialogues.txt"
+    p.write_text("Is shipping free? __eou__ Over $60, yes. __eou__ Thanks! __eou__\n")
+    assert read_conversations(p)[0].messages == EXPECTED
+
+
+def test_every_problem_reported_at_once(tmp_path: Path) -> None:
+    p = tmp_path / "bad.jsonl"
+    lines = [
+        json.dumps({"messages": [m.as_dict() for m in EXPECTED]}),
+        "{not json",
+        json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                                 {"role": "assistant", "content": "c"}]}),
+        json.dumps({"messages": [{"role": "user"}]}),
+        json.dumps({"text": "no messages"}),
+        json.dumps({"messages": [{"role": "user", "content": "hi"}]}),
+    ]
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as e:
+        read_conversations(p)
+    assert e.value.problems == [
+        f"{p}:2: not valid JSON: Expecting property name enclosed in double quotes (column 2)",
+        f"{p}:3: turn 2: two user turns in a row",
+        f"{p}:4: turn 1: missing content ('content')",
+        f"{p}:5: expected an object with a 'messages' list",
+        f"{p}:6: no assistant turn: nothing to train on",
+    ]
+
+
+def test_problem_list_is_capped(tmp_path: Path) -> None:
+    p = tmp_path / "bad.jsonl"
+    p.write_text(json.dumps({"messages": [m.as_dict() for m in EXPECTED]}) + "\n" + "{\n" * 30)
+    message = str(pytest.raises(DataError, read_conversations, p).value)
+    assert message.count("\n") == 20 and message.endswith("... and 10 more problems")
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "expected"),
+    [
+        (b"", "empty.jsonl", "empty file"),
+        (b"  \n\n", "blank.jsonl", "empty file"),
+        (b'{"messages": []}\n\xff\xfe', "latin.jsonl", ":2: not valid UTF-8"),
+        (b"a,b\n", "data.parquet", "unknown file type '.parquet'"),
+        (b'{"foo": 1}\n', "odd.jsonl", ":1: cannot tell the format"),
+    ],
+)
+def test_unreadable_files(tmp_path: Path, content: bytes, name: str, expected: str) -> None:
+    p = tmp_path / name
+    p.write_bytes(content)
+    with pytest.raises(DataError, match=expected):
+        read_conversations(p)
+
+
+def test_missing_file_and_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such file"):
+        read_conversations(tmp_path / "nope.jsonl")
+    with pytest.raises(DataError, match="is a folder"):
+        read_conversations(tmp_path)
+
+
+def test_raw_text_for_lm_objective(tmp_path: Path) -> None:
+    txt = tmp_path / "manual.md"
+    txt.write_text("# Tents\nPitch the Ridgeline in 5 minutes.\n")
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text('{"text": "one"}\n{"text": "two"}\n')
+    assert detect_format(txt, txt.read_text()) == "text"
+    assert read_documents(txt)[0].text.startswith("# Tents")
+    assert [d.text for d in read_documents(jsonl)] == ["one", "two"]
+    with pytest.raises(DataError, match="train on it with --objective lm"):
+        read_conversations(txt)
+
+
+def test_read_many_collects_problems_across_files(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("{\n")
+    b.write_text("{\n")
+    with pytest.raises(DataError) as e:
+        read_many([str(a), str(b)])
+    assert [p.split(":")[0] for p in e.value.problems] == [str(a), str(b)]
+
+
+def test_example_dataset_is_valid() -> None:
+    root = Path(__file__).parent.parent / "examples" / "support"
+    train = read_conversations(root / "train.jsonl")
+    val = read_conversations(root / "val.jsonl")
+    assert len(train) >= 100 and len(val) >= 10
+    assert sum(c.assistant_turns > 1 for c in train) > len(train) // 2  # mostly multi-turn

@@ -1,0 +1,150 @@
+"""The training loop on a tiny random Llama: invariants, not just "it ran"."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from chattune.config import build_config
+from chattune.data.batching import collate
+from chattune.errors import ConfigError
+from chattune.model.loading import load_model
+from chattune.train.loop import build_run, run_train, train_step
+from chattune.train.metrics import read_metrics
+from chattune.train.step import LabelledLoss
+from tests.conftest import conversation, write_jsonl
+
+
+def config(tiny_model_dir: Path, train: Path, out: Path, *overrides: str, val: Path | None = None):
+    flags = {"model.base": str(tiny_model_dir), "data.train": [str(train)],
+             "train.output": str(out), "train.progress": False}
+    if val:
+        flags["data.val"] = [str(val)]
+    return build_config(flags=flags, overrides=list(overrides))
+
+
+def test_labelled_loss_matches_transformers_loss(tiny_model_dir, tokenizer, chat_files) -> None:
+    """Computing the head only at labelled positions gives the model's own mean loss."""
+    cfg = config(tiny_model_dir, chat_files[0], Path("unused"), "train.batch_size=4")
+    run = build_run(cfg)
+    batch = collate(run.data.train[:4], tokenizer.pad_token_id)
+    model = run.model.get_base_model()
+    expected = model(**batch).loss
+    loss_sum, n = LabelledLoss(run.model)(**batch)
+    torch.testing.assert_close(loss_sum / n, expected)
+    assert n == (batch["labels"][:, 1:] != -100).sum()
+
+
+@pytest.mark.parametrize(
+    ("method", "optimizer"),
+    [("lora", "adamw"), ("lora", "sgd"), ("lora", "lamb"), ("adalora", "adamw"),
+     ("ia3", "adamw"), ("freeze", "adamw"), ("full", "adamw")],
+)
+def test_every_trainable_parameter_changes(
+    tiny_model_dir, chat_files, tmp_path, method: str, optimizer: str
+) -> None:
+    # LoRA's B starts at zero, so A only receives gradient from the second step on, and that
+    # gradient is tiny: plain SGD needs a large rate for the update to show in float32.
+    lr = 1.0 if optimizer == "sgd" else 1e-2
+    cfg = config(tiny_model_dir, chat_files[0], tmp_path / "out", f"adapter.method={method}",
+                 f"train.optimizer={optimizer}", "train.max_steps=20", "train.batch_size=4",
+                 f"train.lr={lr}", "train.warmup_ratio=0", "adapter.train_layers=1")
+    run = build_run(cfg)
+    before = {n: p.detach().clone() for n, p in run.model.named_parameters() if p.requires_grad}
+    frozen = {n: p.detach().clone() for n, p in run.model.named_parameters() if not p.requires_grad}
+    assert before, "nothing to train"
+    for _ in range(2):
+        train_step(run, [[0, 1, 2, 3]])
+        run.state.step += 1
+    after = dict(run.model.named_parameters())
+    unchanged = [n for n, p in before.items() if torch.equal(p, after[n].detach())]
+    assert unchanged == []
+    assert all(torch.equal(p, after[n].detach()) for n, p in frozen.items())
+    if method == "freeze":
+        assert not any(".layers.0." in n for n in before)  # bottom block stays frozen
+        assert any(".layers.1." in n for n in before)
+
+
+def test_loss_falls_when_overfitting_four_examples(tiny_model_dir, tmp_path) -> None:
+    data = write_jsonl(tmp_path / "four.jsonl", [conversation(i) for i in range(4)])
+    cfg = config(tiny_model_dir, data, tmp_path / "out", "train.max_steps=40", "train.lr=3e-2",
+                 "train.batch_size=4", "adapter.method=full", "train.warmup_ratio=0")
+    run_train(cfg)
+    losses = [m["loss"] for m in read_metrics(tmp_path / "out") if "loss" in m]
+    assert len(losses) == 40
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def test_gradient_accumulation_counts_steps_and_tokens(tiny_model_dir, chat_files, tmp_path):
+    cfg = config(tiny_model_dir, chat_files[0], tmp_path / "out", "train.batch_size=2",
+                 "train.grad_accum=4", "train.epochs=2")
+    summary = run_train(cfg)
+    assert summary["steps"] == 4  # 16 examples / (2 x 4) per step, two epochs
+    epochs = [m["epoch"] for m in read_metrics(tmp_path / "out")]
+    assert epochs == [0.5, 1.0, 1.5, 2.0]
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tiny_model_dir, chat_files, tmp_path) -> None:
+    out = tmp_path / "out"
+    # min_delta is unreachable, so only the first evaluation counts as a gain.
+    cfg = config(tiny_model_dir, chat_files[0], out, "train.max_steps=50", "train.eval_every=1",
+                 "train.patience=2", "train.min_delta=100", "train.batch_size=4",
+                 "train.lr=1e-2", val=chat_files[1])
+    summary = run_train(cfg)
+    assert summary["steps"] == 3 and summary["best_step"] == 1
+    evals = [m for m in read_metrics(out) if "eval_loss" in m]
+    assert [m["step"] for m in evals] == [1, 2, 3]
+    assert summary["best_eval_loss"] == round(evals[0]["eval_loss"], 4)
+    model, _ = load_model(str(out))  # the output holds the best (step 1) weights
+    from safetensors.torch import load_file
+
+    best = load_file(out / "checkpoints" / "best" / "trainable.safetensors")
+    params = dict(model.named_parameters())
+    assert best and all(torch.equal(params[n], t) for n, t in best.items())
+
+
+@pytest.mark.parametrize("method", ["full", "freeze"])
+def test_full_model_output_loads_and_generates(tiny_model_dir, chat_files, tmp_path, method):
+    out = tmp_path / "out"
+    run_train(config(tiny_model_dir, chat_files[0], out, f"adapter.method={method}",
+                     "train.max_steps=1"))
+    assert (out / "model.safetensors").exists() and not (out / "adapter_config.json").exists()
+    model, tokenizer = load_model(str(out))
+    ids = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False)
+    assert ids.shape == (1, 6)
+
+
+def test_continued_pretraining_on_raw_text(tiny_model_dir, tmp_path) -> None:
+    doc = tmp_path / "manual.txt"
+    doc.write_text("Pitch the Ridgeline tent in five minutes. " * 60)
+    cfg = config(tiny_model_dir, doc, tmp_path / "out", "data.objective=lm", "data.block_size=64",
+                 "train.batch_size=2")
+    summary = run_train(cfg)
+    assert summary["trained_tokens"] == summary["train_tokens"] > 0  # every token is a label
+    assert summary["steps"] >= 2
+
+
+def test_output_of_a_previous_run_is_not_overwritten(tiny_model_dir, chat_files, tmp_path):
+    cfg = config(tiny_model_dir, chat_files[0], tmp_path / "out", "train.max_steps=1")
+    run_train(cfg)
+    with pytest.raises(ConfigError, match="already holds checkpoints.*--resume"):
+        run_train(cfg)
+
+
+def test_adalora_needs_enough_steps(tiny_model_dir, chat_files, tmp_path) -> None:
+    cfg = config(tiny_model_dir, chat_files[0], tmp_path / "o", "adapter.method=adalora",
+                 "train.max_steps=2")
+    with pytest.raises(ConfigError, match="adalora needs more than"):
+        build_run(cfg)
+
+
+def test_model_card_and_metadata(tiny_model_dir, chat_files, tmp_path) -> None:
+    out = tmp_path / "out"
+    run_train(config(tiny_model_dir, chat_files[0], out, "train.max_steps=2", val=chat_files[1]))
+    meta = json.loads((out / "chattune.json").read_text())
+    assert meta["base"] == str(tiny_model_dir) and meta["method"] == "lora"
+    card = (out / "README.md").read_text()
+    assert f"`{tiny_model_dir}`" in card and "best_eval_loss" in card
