@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from chattune.cli import COMMANDS, build_parser, main
 
@@ -17,8 +16,14 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def chattune(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "chattune.cli", *args], capture_output=True,
-                          text=True, env=ENV, timeout=300, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "chattune.cli", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+        **kw,
+    )
 
 
 def test_command_table_matches_the_parser() -> None:
@@ -29,29 +34,60 @@ def test_command_table_matches_the_parser() -> None:
 
 
 def test_help_is_instant_and_imports_no_torch() -> None:
-    code = "import sys; from chattune.cli import build_parser; build_parser(); " \
-           "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    code = (
+        "import sys; from chattune.cli import build_parser; build_parser(); "
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
 
 def test_max_steps_2_run_leaves_exactly_the_expected_files(tiny_model_dir, chat_files, tmp_path):
     out = tmp_path / "run"
-    result = chattune("train", "--data", str(chat_files[0]), "--val-data", str(chat_files[1]),
-                      "--base", str(tiny_model_dir), "--output", str(out), "--max-steps", "2",
-                      "train.batch_size=4", "train.progress=false")
+    result = chattune(
+        "train",
+        "--data",
+        str(chat_files[0]),
+        "--val-data",
+        str(chat_files[1]),
+        "--base",
+        str(tiny_model_dir),
+        "--output",
+        str(out),
+        "--max-steps",
+        "2",
+        "train.batch_size=4",
+        "train.progress=false",
+    )
     assert result.returncode == 0, result.stderr
     files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     events = {f for f in files if f.startswith("tensorboard/events.out.tfevents.")}
     assert len(events) == 1
-    checkpoint = {f"checkpoints/step-0000002/{name}" for name in
-                  ("COMPLETE", "config.yaml", "optimizer.pt", "rng.pt", "scheduler.pt",
-                   "state.json", "trainable.safetensors")}
+    checkpoint = {
+        f"checkpoints/step-0000002/{name}"
+        for name in (
+            "COMPLETE",
+            "config.yaml",
+            "optimizer.pt",
+            "rng.pt",
+            "scheduler.pt",
+            "state.json",
+            "trainable.safetensors",
+        )
+    }
     best = {f"checkpoints/best/{n}" for n in ("COMPLETE", "state.json", "trainable.safetensors")}
     assert files - events == {
-        "adapter_config.json", "adapter_model.safetensors", "chat_template.jinja",
-        "tokenizer.json", "tokenizer_config.json", "config.yaml", "chattune.json",
-        "metrics.jsonl", "README.md", *checkpoint, *best,
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "chat_template.jinja",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "config.yaml",
+        "chattune.json",
+        "metrics.jsonl",
+        "README.md",
+        *checkpoint,
+        *best,
     }
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [sorted(m) for m in metrics] == [
@@ -77,9 +113,15 @@ def test_data_check_ok(chat_files, capsys) -> None:
 
 
 def test_data_stats(tiny_model_dir, chat_files, capsys) -> None:
-    assert main(["data", "stats", str(chat_files[0]), "--base", str(tiny_model_dir),
-                 "--max-len", "80"]) == 0
-    out = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in capsys.readouterr().out.splitlines())
+    assert (
+        main(
+            ["data", "stats", str(chat_files[0]), "--base", str(tiny_model_dir), "--max-len", "80"]
+        )
+        == 0
+    )
+    out = dict(
+        re.split(r"\s{2,}", line, maxsplit=1) for line in capsys.readouterr().out.splitlines()
+    )
     assert out["conversations"] == "16"
     assert out["turns"] == "72"  # 16 x 4 turns + 8 system turns
     assert out["trained tokens (assistant)"] == "608 (35.8%)"
@@ -88,7 +130,10 @@ def test_data_stats(tiny_model_dir, chat_files, capsys) -> None:
 
 def test_bad_flag_value_names_the_flag(chat_files, capsys) -> None:
     assert main(["train", "--data", str(chat_files[0]), "train.batch_size=zero"]) == 2
-    assert "train.batch_size (--batch-size): Input should be a valid integer" in capsys.readouterr().err
+    assert (
+        "train.batch_size (--batch-size): Input should be a valid integer"
+        in capsys.readouterr().err
+    )
 
 
 def test_unknown_model_lists_what_is_accepted(chat_files, capsys) -> None:
@@ -100,10 +145,26 @@ def test_unknown_model_lists_what_is_accepted(chat_files, capsys) -> None:
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_model_dir, chat_files, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chattune.cli", "train", "--data", str(chat_files[0]), "--base",
-         str(tiny_model_dir), "--output", str(out), "--max-steps", "100000",
-         "train.batch_size=2", "train.progress=false"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        [
+            sys.executable,
+            "-m",
+            "chattune.cli",
+            "train",
+            "--data",
+            str(chat_files[0]),
+            "--base",
+            str(tiny_model_dir),
+            "--output",
+            str(out),
+            "--max-steps",
+            "100000",
+            "train.batch_size=2",
+            "train.progress=false",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
     )
     deadline = time.monotonic() + 120
     while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():

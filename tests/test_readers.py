@@ -24,8 +24,12 @@ def test_messages_jsonl(tmp_path: Path) -> None:
 
 def test_sharegpt_json_array_keeps_line_numbers(tmp_path: Path) -> None:
     p = tmp_path / "a.json"
-    good = {"conversations": [{"from": "human", "value": "Is shipping free?"},
-                              {"from": "gpt", "value": "Over $60, yes."}]}
+    good = {
+        "conversations": [
+            {"from": "human", "value": "Is shipping free?"},
+            {"from": "gpt", "value": "Over $60, yes."},
+        ]
+    }
     bad = {"conversations": [{"from": "bot", "value": "hi"}]}
     p.write_text("[\n" + json.dumps(good) + ",\n\n" + json.dumps(bad) + "\n]\n")
     with pytest.raises(DataError) as e:
@@ -39,9 +43,13 @@ def test_sharegpt_json_array_keeps_line_numbers(tmp_path: Path) -> None:
 
 def test_sharegpt_jsonl(tmp_path: Path) -> None:
     p = tmp_path / "a.jsonl"
-    row = {"conversations": [{"from": "system", "value": "Be brief."},
-                             {"from": "human", "value": "Is shipping free?"},
-                             {"from": "gpt", "value": "Over $60, yes."}]}
+    row = {
+        "conversations": [
+            {"from": "system", "value": "Be brief."},
+            {"from": "human", "value": "Is shipping free?"},
+            {"from": "gpt", "value": "Over $60, yes."},
+        ]
+    }
     p.write_text(json.dumps(row) + "\n")
     assert read_conversations(p)[0].messages == [Message("system", "Be brief."), *EXPECTED]
 
@@ -76,8 +84,15 @@ def test_every_problem_reported_at_once(tmp_path: Path) -> None:
     lines = [
         json.dumps({"messages": [m.as_dict() for m in EXPECTED]}),
         "{not json",
-        json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
-                                 {"role": "assistant", "content": "c"}]}),
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "user", "content": "b"},
+                    {"role": "assistant", "content": "c"},
+                ]
+            }
+        ),
         json.dumps({"messages": [{"role": "user"}]}),
         json.dumps({"text": "no messages"}),
         json.dumps({"messages": [{"role": "user", "content": "hi"}]}),
@@ -97,7 +112,9 @@ def test_every_problem_reported_at_once(tmp_path: Path) -> None:
 def test_problem_list_is_capped(tmp_path: Path) -> None:
     p = tmp_path / "bad.jsonl"
     p.write_text(json.dumps({"messages": [m.as_dict() for m in EXPECTED]}) + "\n" + "{\n" * 30)
-    message = str(pytest.raises(DataError, read_conversations, p).value)
+    with pytest.raises(DataError) as e:
+        read_conversations(p)
+    message = str(e.value)
     assert message.count("\n") == 20 and message.endswith("... and 10 more problems")
 
 

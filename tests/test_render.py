@@ -77,9 +77,10 @@ def test_generation_prompt_is_a_prefix_of_the_training_rendering(tokenizer) -> N
 
 def test_trailing_user_turn_is_not_rendered(tokenizer) -> None:
     conv = Conversation([*CONV.messages, Message("user", "Thanks!")], "t:1")
-    assert encode_conversation(conv, tokenizer, 512).input_ids == encode_conversation(
-        CONV, tokenizer, 512
-    ).input_ids
+    assert (
+        encode_conversation(conv, tokenizer, 512).input_ids
+        == encode_conversation(CONV, tokenizer, 512).input_ids
+    )
 
 
 def test_overlong_conversation_drops_oldest_exchange_but_keeps_system(tokenizer) -> None:
@@ -104,7 +105,10 @@ def test_default_template_for_models_without_one(tokenizer) -> None:
     bare.chat_template = None
     ensure_chat_template(bare)
     enc = encode_conversation(CONV, bare, 512)
-    assert trained_spans(bare, enc) == ["Hi! How can I help?<|im_end|>\n", "Over $60, yes.<|im_end|>\n"]
+    assert trained_spans(bare, enc) == [
+        "Hi! How can I help?<|im_end|>\n",
+        "Over $60, yes.<|im_end|>\n",
+    ]
 
 
 def test_template_that_is_not_prefix_stable_is_rejected(tokenizer) -> None:
@@ -125,9 +129,7 @@ def test_length_grouped_batches_are_deterministic_and_cover_everything() -> None
     assert a != length_grouped_batches(lengths, 4, seed=1, epoch=1, group=2)
     assert sorted(i for b in a for i in b) == list(range(50))
     grouped = length_grouped_batches(lengths, 4, seed=1, epoch=0)  # one window: near sorted
-    padding = sum(
-        len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in grouped
-    )
+    padding = sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in grouped)
     random_padding = sum(
         len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b)
         for b in [list(range(i, min(i + 4, 50))) for i in range(0, 50, 4)]

@@ -16,12 +16,35 @@ from chattune.train import checkpoint as ckpt
 
 
 def train(tiny_model_dir: Path, chat_files, out: Path, *extra: str, env: dict | None = None):
-    args = ["train", "--data", str(chat_files[0]), "--val-data", str(chat_files[1]), "--base",
-            str(tiny_model_dir), "--output", str(out), "--max-steps", "6", "--save-every", "2",
-            "--eval-every", "2", "train.batch_size=4", "adapter.dropout=0.1", "train.lr=1e-2",
-            "train.progress=false", *extra]
-    return subprocess.run([sys.executable, "-m", "chattune.cli", *args], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, **(env or {})})
+    args = [
+        "train",
+        "--data",
+        str(chat_files[0]),
+        "--val-data",
+        str(chat_files[1]),
+        "--base",
+        str(tiny_model_dir),
+        "--output",
+        str(out),
+        "--max-steps",
+        "6",
+        "--save-every",
+        "2",
+        "--eval-every",
+        "2",
+        "train.batch_size=4",
+        "adapter.dropout=0.1",
+        "train.lr=1e-2",
+        "train.progress=false",
+        *extra,
+    ]
+    return subprocess.run(
+        [sys.executable, "-m", "chattune.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def records(out: Path) -> list[dict]:
@@ -35,7 +58,9 @@ def test_kill_9_then_resume_matches_the_uninterrupted_run(tiny_model_dir, chat_f
     killed = train(tiny_model_dir, chat_files, crashed, env={"CHATTUNE_FAULT_KILL_AT_STEP": "5"})
     assert killed.returncode == -9  # SIGKILL: no cleanup ran
     assert [p.name for p in ckpt.complete_checkpoints(crashed / "checkpoints")] == [
-        "step-0000002", "step-0000004"]
+        "step-0000002",
+        "step-0000004",
+    ]
     assert max(r["step"] for r in records(crashed)) == 5  # step 5 was logged, then lost
 
     resumed = train(tiny_model_dir, chat_files, crashed, "--resume")

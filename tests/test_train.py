@@ -19,8 +19,12 @@ from tests.conftest import conversation, write_jsonl
 
 
 def config(tiny_model_dir: Path, train: Path, out: Path, *overrides: str, val: Path | None = None):
-    flags = {"model.base": str(tiny_model_dir), "data.train": [str(train)],
-             "train.output": str(out), "train.progress": False}
+    flags = {
+        "model.base": str(tiny_model_dir),
+        "data.train": [str(train)],
+        "train.output": str(out),
+        "train.progress": False,
+    }
     if val:
         flags["data.val"] = [str(val)]
     return build_config(flags=flags, overrides=list(overrides))
@@ -40,8 +44,15 @@ def test_labelled_loss_matches_transformers_loss(tiny_model_dir, tokenizer, chat
 
 @pytest.mark.parametrize(
     ("method", "optimizer"),
-    [("lora", "adamw"), ("lora", "sgd"), ("lora", "lamb"), ("adalora", "adamw"),
-     ("ia3", "adamw"), ("freeze", "adamw"), ("full", "adamw")],
+    [
+        ("lora", "adamw"),
+        ("lora", "sgd"),
+        ("lora", "lamb"),
+        ("adalora", "adamw"),
+        ("ia3", "adamw"),
+        ("freeze", "adamw"),
+        ("full", "adamw"),
+    ],
 )
 def test_every_trainable_parameter_changes(
     tiny_model_dir, chat_files, tmp_path, method: str, optimizer: str
@@ -49,9 +60,18 @@ def test_every_trainable_parameter_changes(
     # LoRA's B starts at zero, so A only receives gradient from the second step on, and that
     # gradient is tiny: plain SGD needs a large rate for the update to show in float32.
     lr = 1.0 if optimizer == "sgd" else 1e-2
-    cfg = config(tiny_model_dir, chat_files[0], tmp_path / "out", f"adapter.method={method}",
-                 f"train.optimizer={optimizer}", "train.max_steps=20", "train.batch_size=4",
-                 f"train.lr={lr}", "train.warmup_ratio=0", "adapter.train_layers=1")
+    cfg = config(
+        tiny_model_dir,
+        chat_files[0],
+        tmp_path / "out",
+        f"adapter.method={method}",
+        f"train.optimizer={optimizer}",
+        "train.max_steps=20",
+        "train.batch_size=4",
+        f"train.lr={lr}",
+        "train.warmup_ratio=0",
+        "adapter.train_layers=1",
+    )
     run = build_run(cfg)
     before = {n: p.detach().clone() for n, p in run.model.named_parameters() if p.requires_grad}
     frozen = {n: p.detach().clone() for n, p in run.model.named_parameters() if not p.requires_grad}
@@ -70,8 +90,16 @@ def test_every_trainable_parameter_changes(
 
 def test_loss_falls_when_overfitting_four_examples(tiny_model_dir, tmp_path) -> None:
     data = write_jsonl(tmp_path / "four.jsonl", [conversation(i) for i in range(4)])
-    cfg = config(tiny_model_dir, data, tmp_path / "out", "train.max_steps=40", "train.lr=3e-2",
-                 "train.batch_size=4", "adapter.method=full", "train.warmup_ratio=0")
+    cfg = config(
+        tiny_model_dir,
+        data,
+        tmp_path / "out",
+        "train.max_steps=40",
+        "train.lr=3e-2",
+        "train.batch_size=4",
+        "adapter.method=full",
+        "train.warmup_ratio=0",
+    )
     run_train(cfg)
     losses = [m["loss"] for m in read_metrics(tmp_path / "out") if "loss" in m]
     assert len(losses) == 40
@@ -79,8 +107,14 @@ def test_loss_falls_when_overfitting_four_examples(tiny_model_dir, tmp_path) -> 
 
 
 def test_gradient_accumulation_counts_steps_and_tokens(tiny_model_dir, chat_files, tmp_path):
-    cfg = config(tiny_model_dir, chat_files[0], tmp_path / "out", "train.batch_size=2",
-                 "train.grad_accum=4", "train.epochs=2")
+    cfg = config(
+        tiny_model_dir,
+        chat_files[0],
+        tmp_path / "out",
+        "train.batch_size=2",
+        "train.grad_accum=4",
+        "train.epochs=2",
+    )
     summary = run_train(cfg)
     assert summary["steps"] == 4  # 16 examples / (2 x 4) per step, two epochs
     epochs = [m["epoch"] for m in read_metrics(tmp_path / "out")]
@@ -90,9 +124,18 @@ def test_gradient_accumulation_counts_steps_and_tokens(tiny_model_dir, chat_file
 def test_early_stopping_keeps_the_best_checkpoint(tiny_model_dir, chat_files, tmp_path) -> None:
     out = tmp_path / "out"
     # min_delta is unreachable, so only the first evaluation counts as a gain.
-    cfg = config(tiny_model_dir, chat_files[0], out, "train.max_steps=50", "train.eval_every=1",
-                 "train.patience=2", "train.min_delta=100", "train.batch_size=4",
-                 "train.lr=1e-2", val=chat_files[1])
+    cfg = config(
+        tiny_model_dir,
+        chat_files[0],
+        out,
+        "train.max_steps=50",
+        "train.eval_every=1",
+        "train.patience=2",
+        "train.min_delta=100",
+        "train.batch_size=4",
+        "train.lr=1e-2",
+        val=chat_files[1],
+    )
     summary = run_train(cfg)
     assert summary["steps"] == 3 and summary["best_step"] == 1
     evals = [m for m in read_metrics(out) if "eval_loss" in m]
@@ -109,10 +152,11 @@ def test_early_stopping_keeps_the_best_checkpoint(tiny_model_dir, chat_files, tm
 @pytest.mark.parametrize("method", ["full", "freeze"])
 def test_full_model_output_loads_and_generates(tiny_model_dir, chat_files, tmp_path, method):
     out = tmp_path / "out"
-    run_train(config(tiny_model_dir, chat_files[0], out, f"adapter.method={method}",
-                     "train.max_steps=1"))
+    run_train(
+        config(tiny_model_dir, chat_files[0], out, f"adapter.method={method}", "train.max_steps=1")
+    )
     assert (out / "model.safetensors").exists() and not (out / "adapter_config.json").exists()
-    model, tokenizer = load_model(str(out))
+    model, _ = load_model(str(out))
     ids = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False)
     assert ids.shape == (1, 6)
 
@@ -120,8 +164,14 @@ def test_full_model_output_loads_and_generates(tiny_model_dir, chat_files, tmp_p
 def test_continued_pretraining_on_raw_text(tiny_model_dir, tmp_path) -> None:
     doc = tmp_path / "manual.txt"
     doc.write_text("Pitch the Ridgeline tent in five minutes. " * 60)
-    cfg = config(tiny_model_dir, doc, tmp_path / "out", "data.objective=lm", "data.block_size=64",
-                 "train.batch_size=2")
+    cfg = config(
+        tiny_model_dir,
+        doc,
+        tmp_path / "out",
+        "data.objective=lm",
+        "data.block_size=64",
+        "train.batch_size=2",
+    )
     summary = run_train(cfg)
     assert summary["trained_tokens"] == summary["train_tokens"] > 0  # every token is a label
     assert summary["steps"] >= 2
@@ -130,13 +180,14 @@ def test_continued_pretraining_on_raw_text(tiny_model_dir, tmp_path) -> None:
 def test_output_of_a_previous_run_is_not_overwritten(tiny_model_dir, chat_files, tmp_path):
     cfg = config(tiny_model_dir, chat_files[0], tmp_path / "out", "train.max_steps=1")
     run_train(cfg)
-    with pytest.raises(ConfigError, match="already holds checkpoints.*--resume"):
+    with pytest.raises(ConfigError, match=r"already holds checkpoints.*--resume"):
         run_train(cfg)
 
 
 def test_adalora_needs_enough_steps(tiny_model_dir, chat_files, tmp_path) -> None:
-    cfg = config(tiny_model_dir, chat_files[0], tmp_path / "o", "adapter.method=adalora",
-                 "train.max_steps=2")
+    cfg = config(
+        tiny_model_dir, chat_files[0], tmp_path / "o", "adapter.method=adalora", "train.max_steps=2"
+    )
     with pytest.raises(ConfigError, match="adalora needs more than"):
         build_run(cfg)
 
@@ -148,3 +199,44 @@ def test_model_card_and_metadata(tiny_model_dir, chat_files, tmp_path) -> None:
     assert meta["base"] == str(tiny_model_dir) and meta["method"] == "lora"
     card = (out / "README.md").read_text()
     assert f"`{tiny_model_dir}`" in card and "best_eval_loss" in card
+
+
+def test_model_without_chat_template_gets_the_default(tmp_path, chat_files) -> None:
+    """A GPT-2 style base model (no chat template, Conv1D layers, `h`/`ln_f` blocks)."""
+    import shutil
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tests.conftest import TOKENIZER_DIR
+
+    folder = tmp_path / "gpt2"
+    torch.manual_seed(0)
+    GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=384,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=256,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    ).save_pretrained(folder)
+    for f in TOKENIZER_DIR.iterdir():
+        if f.name != "chat_template.jinja":
+            shutil.copy(f, folder / f.name)
+    for method in ("lora", "freeze"):
+        out = tmp_path / method
+        summary = run_train(
+            config(
+                folder,
+                chat_files[0],
+                out,
+                f"adapter.method={method}",
+                "adapter.train_layers=1",
+                "train.max_steps=2",
+            )
+        )
+        assert summary["steps"] == 2
+        template = (out / "chat_template.jinja").read_text()
+        assert "<|assistant|>" in template and "eos_token" in template

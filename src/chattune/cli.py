@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 
 from chattune.errors import ChattuneError
@@ -21,6 +22,8 @@ def _quiet_hf() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    # transformers 5 deprecation noise raised from inside peft; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
@@ -80,8 +83,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", default="auto",
-                   choices=["auto", "messages", "sharegpt", "csv", "dailydialog", "text"])
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "messages", "sharegpt", "csv", "dailydialog", "text"],
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,21 +104,28 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_data_check)
     stats = data_verbs.add_parser("stats", help=cmd_data_stats.__doc__)
     stats.add_argument("files", nargs="+")
-    stats.add_argument("--base", default="smollm2-135m-instruct",
-                       help="model whose tokenizer and chat template to use")
+    stats.add_argument(
+        "--base",
+        default="smollm2-135m-instruct",
+        help="model whose tokenizer and chat template to use",
+    )
     stats.add_argument("--max-len", type=int, default=1024)
     stats.add_argument("--mask", default="assistant", choices=["assistant", "last", "all"])
     _data_flags(stats)
     stats.set_defaults(func=cmd_data_stats)
 
-    train = verbs.add_parser("train", help=cmd_train.__doc__,
-                             epilog="Any config field can be set as key=value, e.g. train.lr=1e-4")
+    train = verbs.add_parser(
+        "train",
+        help=cmd_train.__doc__,
+        epilog="Any config field can be set as key=value, e.g. train.lr=1e-4",
+    )
     train.add_argument("--config", help="YAML run file (see configs/)")
     train.add_argument("--data", action="append", help="training file (repeatable)")
     train.add_argument("--val-data", action="append", help="validation file (repeatable)")
     train.add_argument("--val-split", type=float, help="hold out this share of --data")
-    train.add_argument("--format", choices=["auto", "messages", "sharegpt", "csv", "dailydialog",
-                                            "text"])
+    train.add_argument(
+        "--format", choices=["auto", "messages", "sharegpt", "csv", "dailydialog", "text"]
+    )
     train.add_argument("--objective", choices=["chat", "lm"])
     train.add_argument("--max-len", type=int)
     train.add_argument("--mask", choices=["assistant", "last", "all"])
@@ -127,8 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save-every", type=int)
     train.add_argument("--patience", type=int)
     train.add_argument("--seed", type=int)
-    train.add_argument("--resume", action="store_const", const=True,
-                       help="continue from the newest complete checkpoint in --output")
+    train.add_argument(
+        "--resume",
+        action="store_const",
+        const=True,
+        help="continue from the newest complete checkpoint in --output",
+    )
     train.add_argument("overrides", nargs="*", metavar="key=value")
     train.set_defaults(func=cmd_train)
 

@@ -15,6 +15,7 @@ free, which is exactly the hand-written part litgpt's ``args.py`` has to carry i
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -91,8 +92,9 @@ class TrainConfig(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 42
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="bf16 = bf16 autocast over fp32 weights; auto picks bf16 on CPUs "
-        "with native bf16 support"
+        "auto",
+        description="bf16 = bf16 autocast over fp32 weights; auto picks bf16 on CPUs "
+        "with native bf16 support",
     )
     eval_every: int = Field(0, ge=0, description="steps between evaluations; 0: only at the end")
     save_every: int = Field(0, ge=0, description="steps between checkpoints; 0: only at the end")
@@ -154,10 +156,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str):  # YAML reads 2e-4 as a string; numbers should stay numbers
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value) if any(c in value for c in ".eE") else int(value)
-        except ValueError:
-            pass
     return key.strip(), value
 
 

@@ -160,7 +160,10 @@ def read_csv(path: Path, text: str, problems: list[str]) -> list[Conversation]:
         messages = []
         if s_col and (row.get(s_col) or "").strip():
             messages.append(Message("system", row[s_col]))
-        messages += [Message("user", row.get(q_col) or ""), Message("assistant", row.get(a_col) or "")]
+        messages += [
+            Message("user", row.get(q_col) or ""),
+            Message("assistant", row.get(a_col) or ""),
+        ]
         if (conv := _conversation(path, line, messages, problems)) is not None:
             out.append(conv)
     return out
@@ -245,9 +248,7 @@ def read_conversations(path: str | Path, fmt: str = "auto") -> list[Conversation
     text = read_text(p)
     fmt = detect_format(p, text) if fmt == "auto" else fmt
     if fmt == "text":
-        raise DataError(
-            [f"{p}: raw text has no conversations; train on it with --objective lm"]
-        )
+        raise DataError([f"{p}: raw text has no conversations; train on it with --objective lm"])
     if fmt not in READERS:
         raise DataError([f"{p}: unknown format {fmt!r}; choose one of {', '.join(ALL_FORMATS)}"])
     problems: list[str] = []
@@ -293,7 +294,9 @@ def read_many(paths: list[str], fmt: str = "auto", objective: str = "chat") -> l
     problems: list[str] = []
     for path in paths:
         try:
-            items += read_documents(path, fmt) if objective == "lm" else read_conversations(path, fmt)
+            items += (
+                read_documents(path, fmt) if objective == "lm" else read_conversations(path, fmt)
+            )
         except DataError as e:
             problems += e.problems
     if problems:

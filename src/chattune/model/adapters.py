@@ -160,6 +160,11 @@ def prepare(model: Any, cfg: AdapterConfig, total_steps: int) -> Prepared:
     prepared = METHODS[cfg.method](model, cfg, total_steps)
     trainable = sum(p.numel() for p in prepared.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in prepared.model.parameters())
-    log.info("method %s: training %s of %s parameters (%.2f%%)", cfg.method, f"{trainable:,}",
-             f"{total:,}", 100 * trainable / total)
+    log.info(
+        "method %s: training %s of %s parameters (%.2f%%)",
+        cfg.method,
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+    )
     return prepared

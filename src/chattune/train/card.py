@@ -8,23 +8,34 @@ from typing import Any
 from chattune.config import RunConfig
 
 
+def _rows(cfg: RunConfig) -> list[tuple[str, str]]:
+    d, t = cfg.data, cfg.train
+    loss_on = d.mask.value if d.objective == "chat" else "all tokens"
+    val = ", ".join(f"`{p}`" for p in d.val)
+    if not val:
+        val = f"{d.val_split:.0%} of the training data" if d.val_split else "none"
+    return [
+        ("base model", f"`{cfg.model.base}`"),
+        ("method", cfg.adapter.method),
+        ("objective", f"{d.objective} (loss on: {loss_on})"),
+        ("training data", ", ".join(f"`{p}`" for p in d.train)),
+        ("validation data", val),
+        ("optimizer", f"{t.optimizer}, lr {t.lr}, {t.scheduler} schedule, decay {t.weight_decay}"),
+        ("batch", f"{t.batch_size} x {t.grad_accum} accumulation, max length {d.max_len}"),
+    ]
+
+
 def write_model_card(output: Path, cfg: RunConfig, summary: dict[str, Any]) -> None:
     """Say what this model is, what it was trained on and how well, and how to use it."""
-    metrics = "\n".join(f"| {k} | {v} |" for k, v in summary.items())
+    rows = [*_rows(cfg), *((k, str(v)) for k, v in summary.items())]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     text = f"""# {output.name}
 
-Fine-tuned with [chattune](https://example.invalid/chattune) from `{cfg.model.base}`.
+Fine-tuned with chattune from `{cfg.model.base}`.
 
 | what | value |
 |---|---|
-| base model | `{cfg.model.base}` |
-| method | {cfg.adapter.method} |
-| objective | {cfg.data.objective} (loss on: {cfg.data.mask.value if cfg.data.objective == "chat" else "all tokens"}) |
-| training data | {", ".join(f"`{p}`" for p in cfg.data.train)} |
-| validation data | {", ".join(f"`{p}`" for p in cfg.data.val) or (f"{cfg.data.val_split:.0%} of training data" if cfg.data.val_split else "none")} |
-| optimizer | {cfg.train.optimizer}, lr {cfg.train.lr}, {cfg.train.scheduler} schedule, weight decay {cfg.train.weight_decay} |
-| batch | {cfg.train.batch_size} x {cfg.train.grad_accum} accumulation, max length {cfg.data.max_len} |
-{metrics}
+{table}
 
 The full resolved configuration is in `config.yaml`; the loss curve in `metrics.jsonl` and
 `tensorboard/` (`tensorboard --logdir {output}`).

@@ -105,7 +105,9 @@ def build_data(cfg: RunConfig, tokenizer: Any) -> Data:
     if train_report.truncated or train_report.dropped:
         log.warning(
             "max_len %d: %d conversations lost their oldest turns, %d did not fit at all",
-            d.max_len, train_report.truncated, train_report.dropped,
+            d.max_len,
+            train_report.truncated,
+            train_report.dropped,
         )
     return Data(train, val, train_report, val_report)
 
@@ -311,8 +313,15 @@ def train_loop(run: Run, logger: MetricsLogger) -> bool:
             epoch = s.epoch + s.batch_in_epoch / len(batches)
             tok_s = tokens * run.accelerator.num_processes / elapsed
             if s.step % cfg.log_every == 0 or s.step == run.total_steps:
-                logger.log({"step": s.step, "epoch": round(epoch, 4), "loss": loss, "lr": lr,
-                            "tokens_per_s": round(tok_s, 1)})
+                logger.log(
+                    {
+                        "step": s.step,
+                        "epoch": round(epoch, 4),
+                        "loss": loss,
+                        "lr": lr,
+                        "tokens_per_s": round(tok_s, 1),
+                    }
+                )
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:.0f}")
             bar.update(1)
             if run.data.val and cfg.eval_every and s.step % cfg.eval_every == 0:
@@ -334,7 +343,9 @@ def build_run(cfg: RunConfig) -> Run:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    accelerator = Accelerator(mixed_precision=resolve_precision(cfg.train.precision))
+    # Without a GPU, train on the CPU: under `accelerate launch`/torchrun that is DDP over gloo.
+    on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    accelerator = Accelerator(cpu=on_cpu, mixed_precision=resolve_precision(cfg.train.precision))
     set_seed(cfg.train.seed)
     with accelerator.main_process_first():  # rank 0 converts/caches the GGUF once
         model, tokenizer = load_base(
@@ -352,8 +363,18 @@ def build_run(cfg: RunConfig) -> Run:
     # The scheduler is stepped by hand once per optimizer step: Accelerate's wrapper would
     # step it once per process, which changes the schedule with the number of processes.
     loss_module, optimizer = accelerator.prepare(LabelledLoss(prepared.model), optimizer)
-    return Run(cfg, accelerator, prepared, loss_module, optimizer, scheduler, tokenizer, data,
-               total, Path(cfg.train.output))
+    return Run(
+        cfg,
+        accelerator,
+        prepared,
+        loss_module,
+        optimizer,
+        scheduler,
+        tokenizer,
+        data,
+        total,
+        Path(cfg.train.output),
+    )
 
 
 def run_train(cfg: RunConfig) -> dict[str, Any]:
@@ -361,7 +382,12 @@ def run_train(cfg: RunConfig) -> dict[str, Any]:
 
     Returns a summary (steps, losses, tokens/s) that also goes into the model card.
     """
-    run = build_run(cfg)
+    return train(build_run(cfg))
+
+
+def train(run: Run) -> dict[str, Any]:
+    """Resume if asked, loop, evaluate, checkpoint and save the output of a built run."""
+    cfg = run.cfg
     maybe_resume(run)
     logger = MetricsLogger(run.output, run.state.step if cfg.train.resume else None, run.is_main)
     previous = install_interrupt_handler(run)

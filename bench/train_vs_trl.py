@@ -1,0 +1,228 @@
+"""chattune vs TRL's SFTTrainer: LoRA fine-tuning speed, memory and quality, in one run.
+
+Every contender trains the embedded SmolLM2-135M-Instruct with the same recipe: LoRA r=16,
+alpha=32 on every linear layer, max length 512, effective batch 8, assistant-only loss, the
+same conversations (examples/support/train.jsonl), the same learning rate and schedule, the
+same number of optimizer steps. Each runs in its own process, so peak RSS is its own.
+
+Reported per contender: trained tokens/s (real, unpadded tokens divided by the wall time of
+the training loop alone), peak RSS, and the eval loss on examples/support/val.jsonl computed
+afterwards by one shared function (assistant tokens only), so the numbers are comparable.
+
+Contenders:
+  chattune        chattune's defaults
+  trl-defaults    TRL's defaults (bf16, gradient checkpointing, LoRA dropout 0.05)
+  trl-tuned       TRL with every CPU knob: bf16, LoRA dropout 0, no gradient checkpointing,
+                  length-grouped batches
+  trl-tuned-fp32  trl-tuned in float32: on CPUs without native bf16 (AVX2-only, like the
+                  2-core machines this project is built on) bf16 is emulated and slow, so this
+                  is TRL's best configuration there
+
+    python bench/train_vs_trl.py [--steps 6] [--only chattune trl-tuned-fp32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = ROOT / "examples" / "support" / "train.jsonl"
+VAL = ROOT / "examples" / "support" / "val.jsonl"
+CONTENDERS = ["chattune", "trl-defaults", "trl-tuned", "trl-tuned-fp32"]
+LR, R, ALPHA, MAX_LEN, BATCH = 2e-4, 16, 32, 512, 8
+
+# SmolLM2's own ChatML template with TRL's {% generation %} markers around what the assistant
+# says (reply + end-of-turn), which TRL needs for assistant-only loss. It renders the same text.
+MARKED_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endgeneration %}{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def shared_eval_loss(model, tokenizer) -> float:
+    """Token-mean loss on the validation replies, the same function for every contender."""
+    import torch
+
+    from chattune.data.batching import collate
+    from chattune.data.dataset import encode_conversations
+    from chattune.data.readers import read_conversations
+    from chattune.data.render import MaskPolicy
+    from chattune.train.step import LabelledLoss
+
+    examples, _ = encode_conversations(
+        read_conversations(VAL), tokenizer, MAX_LEN, MaskPolicy.ASSISTANT
+    )
+    module = LabelledLoss(model).eval()
+    total = n = 0.0
+    with torch.no_grad():
+        for i in range(0, len(examples), BATCH):
+            loss, count = module(**collate(examples[i : i + BATCH], tokenizer.pad_token_id))
+            total, n = total + loss.item(), n + count.item()
+    return total / n
+
+
+def run_chattune(steps: int) -> dict:
+    from chattune.config import build_config
+    from chattune.train.loop import build_run, train
+
+    out = Path(tempfile.mkdtemp(prefix="bench-chattune-"))
+    cfg = build_config(
+        flags={"data.train": [str(TRAIN)], "train.output": str(out / "run")},
+        overrides=[
+            f"train.max_steps={steps}",
+            f"train.batch_size={BATCH}",
+            f"train.lr={LR}",
+            f"adapter.r={R}",
+            f"adapter.alpha={ALPHA}",
+            f"data.max_len={MAX_LEN}",
+            "train.warmup_ratio=0",
+            "train.progress=false",
+        ],
+    )
+    run = build_run(cfg)
+    summary = train(run)
+    return {
+        "tokens_per_s": summary["tokens_per_s"],
+        "eval_loss": shared_eval_loss(run.model, run.tokenizer),
+    }
+
+
+def run_trl(steps: int, bf16: bool, dropout: float, checkpointing: bool, grouped: bool) -> dict:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from chattune.data.readers import read_conversations
+    from chattune.model.loading import load_base
+
+    model, tokenizer = load_base("smollm2-135m-instruct")
+    tokenizer.chat_template = MARKED_TEMPLATE
+    rows = [{"messages": c.as_dicts()} for c in read_conversations(TRAIN)]
+    args = SFTConfig(
+        output_dir=tempfile.mkdtemp(prefix="bench-trl-"),
+        max_steps=steps,
+        per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=1,
+        learning_rate=LR,
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+        max_length=MAX_LEN,
+        assistant_only_loss=True,
+        bf16=bf16,
+        gradient_checkpointing=checkpointing,
+        train_sampling_strategy="group_by_length" if grouped else "random",
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        seed=42,
+        dataloader_num_workers=0,
+    )
+    lora = LoraConfig(
+        r=R,
+        lora_alpha=ALPHA,
+        lora_dropout=dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
+    counted = {"tokens": 0}
+    collate = trainer.data_collator
+
+    def counting_collator(examples):  # real tokens, before padding
+        counted["tokens"] += sum(len(e["input_ids"]) for e in examples)
+        return collate(examples)
+
+    trainer.data_collator = counting_collator
+    start = time.perf_counter()
+    trainer.train()
+    elapsed = time.perf_counter() - start
+    trainer.model.to("cpu").float()
+    return {
+        "tokens_per_s": round(counted["tokens"] / elapsed, 1),
+        "eval_loss": shared_eval_loss(trainer.model, tokenizer),
+    }
+
+
+def child(name: str, steps: int) -> None:
+    """Run one contender in this process and print its JSON result."""
+    if name == "chattune":
+        result = run_chattune(steps)
+    elif name == "trl-defaults":
+        result = run_trl(steps, bf16=True, dropout=0.05, checkpointing=True, grouped=False)
+    elif name == "trl-tuned":
+        result = run_trl(steps, bf16=True, dropout=0.0, checkpointing=False, grouped=True)
+    else:
+        result = run_trl(steps, bf16=False, dropout=0.0, checkpointing=False, grouped=True)
+    result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--only", nargs="*", choices=CONTENDERS, default=CONTENDERS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child, args.steps)
+
+    results: dict[str, dict] = {}
+    for name in args.only:
+        print(f"running {name} ({args.steps} steps of {BATCH} conversations) ...", flush=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", name, "--steps", str(args.steps)],
+            capture_output=True,
+            text=True,
+        )
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode or line is None:
+            print(f"  {name} failed:\n{proc.stderr[-2000:]}")
+            continue
+        results[name] = json.loads(line.removeprefix("RESULT "))
+        print(f"  {results[name]}", flush=True)
+    print_table(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def print_table(results: dict[str, dict]) -> None:
+    base = results.get("chattune")
+    print(
+        f"\n{'contender':<16}{'tokens/s':>10}{'peak RSS GB':>13}{'eval loss':>11}"
+        f"{'chattune speedup':>18}{'RSS ratio':>11}"
+    )
+    for name, r in results.items():
+        speedup = rss = ""
+        if base and name != "chattune":
+            speedup = f"{base['tokens_per_s'] / r['tokens_per_s']:.2f}x"
+            rss = f"{base['peak_rss_gb'] / r['peak_rss_gb']:.2f}x"
+        loss = r["eval_loss"]
+        print(
+            f"{name:<16}{r['tokens_per_s']:>10.1f}{r['peak_rss_gb']:>13.2f}"
+            f"{loss if math.isnan(loss) else round(loss, 4):>11}{speedup:>18}{rss:>11}"
+        )
+
+
+if __name__ == "__main__":
+    main()
