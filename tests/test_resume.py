@@ -92,3 +92,12 @@ def test_half_written_checkpoint_is_ignored_and_swept(tmp_path) -> None:
     assert ckpt.complete_checkpoints(root) == [done]
     ckpt.sweep_incomplete(root)
     assert not partial.exists()
+
+
+def test_previous_version_is_restored_if_the_swap_was_interrupted(tmp_path) -> None:
+    root = tmp_path / "checkpoints"
+    aside = root / ".old-best-4242"  # died after moving the old "best" aside
+    aside.mkdir(parents=True)
+    (aside / ckpt.MARKER).write_text("ok")
+    ckpt.sweep_incomplete(root)
+    assert (root / "best" / ckpt.MARKER).exists() and not aside.exists()

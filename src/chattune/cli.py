@@ -82,6 +82,80 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generation_options(args: argparse.Namespace):
+    from chattune.evaluate.generation import GenerationOptions
+
+    return GenerationOptions(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+    )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Score a model on test conversations (perplexity, BLEU, ROUGE, F1, distinct-n, ...),
+    optionally against a second model with bootstrap intervals; or summarise --ratings."""
+    if args.ratings:
+        from chattune.evaluate.ratings import format_summary, summarize_ratings
+
+        print(format_summary(summarize_ratings(args.ratings)))
+        return 0
+    if not args.data:
+        raise ChattuneError("--data: give the test conversations (or --ratings FILE)")
+    from chattune.evaluate.report import write_report
+    from chattune.evaluate.run import EvalSettings, format_table, run_eval, write_json
+
+    _quiet_hf()
+    settings = EvalSettings(
+        model=args.model,
+        data=args.data,
+        compare=args.compare,
+        max_examples=args.max_examples,
+        max_len=args.max_len,
+        batch_size=args.batch_size,
+        bootstrap=args.bootstrap,
+        generation=_generation_options(args),
+    )
+    result = run_eval(settings)
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json, args.per_example)
+        print(f"wrote {args.json}")
+    if args.report:
+        files = write_report(result, args.report)
+        print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def cmd_rate(args: argparse.Namespace) -> int:
+    """Rate two models' replies blind, in the terminal; resumable."""
+    from chattune.evaluate.ratings import format_summary, run_rate, summarize_ratings
+    from chattune.evaluate.run import load_examples
+    from chattune.model.loading import load_model
+
+    _quiet_hf()
+    examples = load_examples(args.data, args.max_examples)
+    models = {spec: load_model(spec) for spec in args.models}
+    run_rate(examples, models, args.out, _generation_options(args), seed=args.seed)
+    print(format_summary(summarize_ratings(args.out)))
+    return 0
+
+
+def _generation_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--do-sample", action="store_true", help="sample instead of greedy")
+    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--top-p", type=float, default=0.9)
+    g.add_argument("--top-k", type=int, default=50)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+
+
 def _data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
@@ -139,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-every", type=int)
     train.add_argument("--save-every", type=int)
     train.add_argument("--patience", type=int)
+    train.add_argument(
+        "--eval-generate",
+        type=int,
+        metavar="N",
+        help="also score generated replies on N validation turns at each eval",
+    )
     train.add_argument("--seed", type=int)
     train.add_argument(
         "--resume",
@@ -158,6 +238,33 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=int, default=96)
     gen.add_argument("--system", help="system prompt for --prompt")
     gen.set_defaults(func=cmd_generate)
+
+    ev = verbs.add_parser("eval", help=cmd_eval.__doc__)
+    ev.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="chattune output folder, HF folder, .gguf or embedded name",
+    )
+    ev.add_argument("--data", action="append", help="test conversations (repeatable)")
+    ev.add_argument("--compare", help="a second model, scored on the same examples")
+    ev.add_argument("--max-examples", type=int, help="at most this many assistant turns")
+    ev.add_argument("--max-len", type=int, default=1024)
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% CI")
+    ev.add_argument("--json", help="write metrics (stable keys) to this file")
+    ev.add_argument("--per-example", action="store_true", help="include every reply in --json")
+    ev.add_argument("--report", help="write an HTML report (and .md beside it)")
+    ev.add_argument("--ratings", help="summarise a ratings file from `chattune rate` instead")
+    _generation_flags(ev)
+    ev.set_defaults(func=cmd_eval)
+
+    rate = verbs.add_parser("rate", help=cmd_rate.__doc__)
+    rate.add_argument("--data", action="append", required=True)
+    rate.add_argument("--models", nargs=2, required=True, metavar=("A", "B"))
+    rate.add_argument("--out", required=True, help="ratings JSONL (appended; resumable)")
+    rate.add_argument("--max-examples", type=int)
+    _generation_flags(rate)
+    rate.set_defaults(func=cmd_rate)
     return parser
 
 
@@ -166,6 +273,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "data stats": cmd_data_stats,
     "train": cmd_train,
     "generate": cmd_generate,
+    "eval": cmd_eval,
+    "rate": cmd_rate,
 }
 
 
@@ -175,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("httpx", "urllib3", "transformers", "accelerate", "peft"):
+    for noisy in ("httpx", "urllib3", "transformers", "accelerate", "peft", "absl", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)

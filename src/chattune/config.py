@@ -99,6 +99,12 @@ class TrainConfig(_Section):
     eval_every: int = Field(0, ge=0, description="steps between evaluations; 0: only at the end")
     save_every: int = Field(0, ge=0, description="steps between checkpoints; 0: only at the end")
     patience: int = Field(0, ge=0, description="early stopping after N evals without gain")
+    eval_generate: int = Field(
+        0,
+        ge=0,
+        description="at each evaluation, also generate replies for N validation turns "
+        "and log BLEU/ROUGE/F1/distinct-n",
+    )
     min_delta: float = Field(0.0, ge=0)
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(1, ge=1)
@@ -135,6 +141,7 @@ FLAGS: dict[str, str] = {
     "--eval-every": "train.eval_every",
     "--save-every": "train.save_every",
     "--patience": "train.patience",
+    "--eval-generate": "train.eval_generate",
     "--seed": "train.seed",
     "--resume": "train.resume",
 }

@@ -123,9 +123,22 @@ def complete_checkpoints(root: Path) -> list[Path]:
 
 
 def sweep_incomplete(root: Path) -> None:
-    """Remove temporary folders left by a run that died while writing."""
-    for p in list(root.glob(".tmp-*")) + list(root.glob(".old-*")) if root.exists() else []:
+    """Clean up after a run that died while writing.
+
+    Half-written ``.tmp-*`` folders are removed. An ``.old-NAME-PID`` folder is the previous
+    version of NAME, moved aside just before the new one was renamed in: if the process died
+    between the two renames, it is moved back; otherwise it is removed.
+    """
+    if not root.exists():
+        return
+    for p in root.glob(".tmp-*"):
         shutil.rmtree(p, ignore_errors=True)
+    for p in root.glob(".old-*"):
+        name = p.name.removeprefix(".old-").rsplit("-", 1)[0]
+        if (root / name).exists():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            os.replace(p, root / name)
 
 
 def prune(root: Path, keep: int) -> None:

@@ -52,6 +52,7 @@ class Data:
     val: list[Encoded]
     train_report: EncodeReport
     val_report: EncodeReport | None
+    val_conversations: list[Any] = field(default_factory=list)  # for --eval-generate
 
 
 @dataclass
@@ -109,7 +110,8 @@ def build_data(cfg: RunConfig, tokenizer: Any) -> Data:
             train_report.truncated,
             train_report.dropped,
         )
-    return Data(train, val, train_report, val_report)
+    chats = val_items if d.objective == "chat" else []
+    return Data(train, val, train_report, val_report, chats)
 
 
 def epoch_batches(run: Run, epoch: int) -> list[list[int]]:
@@ -170,7 +172,7 @@ def run_eval(run: Run, logger: MetricsLogger, epoch: float) -> dict[str, float]:
     """Evaluate once per step at most; log; track the best and early stopping."""
     if run.last_eval_step != run.state.step:
         run.last_eval_step = run.state.step
-        run.last_eval = evaluate(run)
+        run.last_eval = evaluate(run) | generation_metrics(run)
         logger.log({"step": run.state.step, "epoch": round(epoch, 4), **run.last_eval})
         after_eval(run, run.last_eval)
     return run.last_eval
@@ -197,6 +199,38 @@ def evaluate(run: Run) -> dict[str, float]:
     return {"eval_loss": eval_loss, "eval_ppl": math.exp(min(eval_loss, 50.0))}
 
 
+def generation_metrics(run: Run) -> dict[str, float]:
+    """With ``--eval-generate N``: score greedy replies to N validation turns (rank 0 only)."""
+    n = run.cfg.train.eval_generate
+    if not n or not run.data.val_conversations or not run.is_main:
+        return {}
+    from chattune.evaluate.examples import turn_examples
+    from chattune.evaluate.generation import GenerationOptions, generate_replies
+    from chattune.evaluate.scoring import aggregate, make_records
+
+    examples = turn_examples(run.data.val_conversations, n)
+    run.loss_module.eval()
+    replies = generate_replies(
+        run.model,
+        run.tokenizer,
+        examples,
+        GenerationOptions(),
+        run.cfg.train.batch_size,
+        progress=False,
+    )
+    run.loss_module.train()
+    records = make_records(
+        [e.id for e in examples],
+        [e.reference for e in examples],
+        [r.text for r in replies],
+        [r.stopped for r in replies],
+        [(0.0, 0)] * len(examples),
+    )
+    scores = aggregate(records)
+    keys = ("bleu", "rouge_l", "f1", "distinct_1", "distinct_2", "avg_len", "non_stop_rate")
+    return {f"eval_{k}": scores[k] for k in keys}
+
+
 def checkpoint_root(run: Run) -> Path:
     return run.output / "checkpoints"
 
@@ -219,7 +253,8 @@ def save_checkpoint(run: Run) -> None:
 def maybe_resume(run: Run) -> None:
     """Continue from the newest complete checkpoint, or refuse to overwrite an old run."""
     root = checkpoint_root(run)
-    ckpt.sweep_incomplete(root) if run.is_main else None
+    if run.is_main:
+        ckpt.sweep_incomplete(root)
     found = ckpt.complete_checkpoints(root)
     if not run.cfg.train.resume:
         if found:

@@ -31,8 +31,13 @@ class LabelledLoss(nn.Module):
         self.model = model
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        per_example: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed loss and labelled-token count; per row (``[B]`` each) if ``per_example``."""
         lm = unwrap_peft(self.model)
         hidden = lm.get_decoder()(
             input_ids=input_ids, attention_mask=attention_mask, use_cache=False
@@ -40,5 +45,9 @@ class LabelledLoss(nn.Module):
         targets = labels[:, 1:]  # position t predicts token t+1
         keep = targets != IGNORE_INDEX  # [B, T-1]
         logits = lm.get_output_embeddings()(hidden[:, :-1][keep])  # [N, V], N labelled tokens
-        loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
-        return loss, keep.sum()
+        if not per_example:
+            return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), keep.sum()
+        token_loss = F.cross_entropy(logits.float(), targets[keep], reduction="none")  # [N]
+        rows = keep.nonzero()[:, 0]  # the batch row of each labelled token
+        sums = torch.zeros(len(labels), device=token_loss.device).index_add_(0, rows, token_loss)
+        return sums, keep.sum(dim=1)

@@ -1,0 +1,145 @@
+"""``chattune eval``: score one model, or two side by side, on held-out conversations."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chattune.data.readers import read_many
+from chattune.errors import DataError
+from chattune.evaluate.examples import TurnExample, turn_examples
+from chattune.evaluate.generation import GenerationOptions, generate_replies
+from chattune.evaluate.perplexity import reference_losses
+from chattune.evaluate.scoring import (
+    LOWER_IS_BETTER,
+    METRIC_KEYS,
+    Record,
+    aggregate,
+    bootstrap_deltas,
+    make_records,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalSettings:
+    """What ``chattune eval`` was asked to do (the CLI fills this from its flags)."""
+
+    model: str
+    data: list[str]
+    compare: str | None = None
+    max_examples: int | None = None
+    max_len: int = 1024
+    batch_size: int = 8
+    bootstrap: int = 1000
+    generation: GenerationOptions = field(default_factory=GenerationOptions)
+    progress: bool = True
+
+
+@dataclass
+class ModelResult:
+    name: str
+    metrics: dict[str, float]
+    records: list[Record]
+
+
+def load_examples(files: list[str], limit: int | None) -> list[TurnExample]:
+    examples = turn_examples(read_many(files), limit)
+    if not examples:
+        raise DataError([f"{', '.join(files)}: no assistant turns to evaluate"])
+    return examples
+
+
+def evaluate_model(spec: str, examples: list[TurnExample], settings: EvalSettings) -> ModelResult:
+    """Perplexity of the references, then generated replies scored against them."""
+    from chattune.model.loading import load_model
+
+    model, tokenizer = load_model(spec)
+    model.eval()
+    losses = reference_losses(model, tokenizer, examples, settings.max_len, settings.batch_size)
+    replies = generate_replies(
+        model,
+        tokenizer,
+        examples,
+        settings.generation,
+        settings.batch_size,
+        settings.progress,
+        desc=f"generate {spec}",
+    )
+    records = make_records(
+        [e.id for e in examples],
+        [e.reference for e in examples],
+        [r.text for r in replies],
+        [r.stopped for r in replies],
+        losses,
+    )
+    return ModelResult(spec, aggregate(records), records)
+
+
+def run_eval(settings: EvalSettings) -> dict[str, Any]:
+    """The whole evaluation as a JSON-ready dict (the ``--json`` file; keys in docs)."""
+    from chattune.model.loading import resolve
+
+    for spec in filter(None, (settings.model, settings.compare)):
+        resolve(spec)  # a bad model path fails now, not after the first model has run
+    examples = load_examples(settings.data, settings.max_examples)
+    main = evaluate_model(settings.model, examples, settings)
+    result: dict[str, Any] = {
+        "model": main.name,
+        "data": settings.data,
+        "n_examples": len(examples),
+        "generation": settings.generation.model_dump(),
+        "metrics": main.metrics,
+        "per_example": [r.public() for r in main.records],
+        "examples": [[m.as_dict() for m in e.history] for e in examples],
+    }
+    if settings.compare:
+        other = evaluate_model(settings.compare, examples, settings)
+        intervals = bootstrap_deltas(other.records, main.records, settings.bootstrap)
+        result["compare"] = {
+            "model": other.name,
+            "metrics": other.metrics,
+            "per_example": [r.public() for r in other.records],
+            "delta": {
+                k: {"delta": main.metrics[k] - other.metrics[k], "ci95": list(intervals[k])}
+                for k in METRIC_KEYS
+            },
+        }
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The terminal table: one row per metric, models side by side, delta and 95% CI."""
+    cmp = result.get("compare")
+    names = [result["model"], *([cmp["model"]] if cmp else [])]
+    width = max(14, *(len(n) for n in names)) + 2
+    head = f"{'metric':<16}" + "".join(f"{n:>{width}}" for n in names)
+    lines = [head + (f"{'delta':>10}  95% CI (bootstrap)" if cmp else "")]
+    for key in METRIC_KEYS:
+        row = f"{key:<16}{result['metrics'][key]:>{width}.3f}"
+        if cmp:
+            d = cmp["delta"][key]
+            better = (d["delta"] < 0) == (key in LOWER_IS_BETTER)
+            lo, hi = d["ci95"]
+            mark = "*" if (lo > 0 or hi < 0) else " "
+            row += f"{cmp['metrics'][key]:>{width}.3f}{d['delta']:>+10.3f}{mark}"
+            row += f" [{lo:+.3f}, {hi:+.3f}]" + ("  better" if better and mark == "*" else "")
+        lines.append(row)
+    lines.append(f"{'n_examples':<16}{result['n_examples']:>{width}}")
+    if cmp:
+        lines.append("* the 95% interval excludes 0 (delta = first model - second model)")
+    return "\n".join(lines)
+
+
+def write_json(result: dict[str, Any], path: str | Path, per_example: bool) -> None:
+    out = dict(result)
+    if not per_example:
+        out.pop("per_example", None)
+        out.pop("examples", None)
+        if "compare" in out:
+            out["compare"] = {k: v for k, v in out["compare"].items() if k != "per_example"}
+    Path(path).write_text(json.dumps(out, indent=2) + "\n")
