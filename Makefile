@@ -32,6 +32,9 @@ demo: setup
 		--system "$(SYSTEM)" \
 		--prompt "Is there a time limit on returns?" --prompt "Will I be charged for shipping?" \
 		--prompt "Can I order from Germany?" --prompt "Is there a loyalty program?"
+	$(BIN)/chattune eval --model $(DEMO) --compare smollm2-135m-instruct \
+		--data examples/support/val.jsonl --max-examples 40 --max-new-tokens 96 \
+		--json $(DEMO)/eval/metrics.json --report $(DEMO)/eval/report.html
 
 test: setup
 	$(BIN)/pytest -q
