@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -33,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model here is local
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "examples" / "support" / "train.jsonl"
 VAL = ROOT / "examples" / "support" / "val.jsonl"

@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 WORKER = Path(__file__).parent / "ddp_worker.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_two_ranks_end_identical_and_only_rank_0_writes(tiny_model_dir, chat_files, tmp_path):
@@ -29,7 +36,7 @@ def test_two_ranks_end_identical_and_only_rank_0_writes(tiny_model_dir, chat_fil
         "--dynamo_backend",
         "no",
         "--main_process_port",
-        "29517",
+        str(free_port()),
         str(WORKER),
         str(digests),
         f"model.base={tiny_model_dir}",

@@ -367,7 +367,7 @@ def train_loop(run: Run, logger: MetricsLogger) -> bool:
                 os.kill(os.getpid(), signal.SIGKILL)
             if run.stop_requested or run.early_stopped:
                 break
-        else:
+        if s.batch_in_epoch >= len(batches):  # the epoch is done (not merely the run)
             s.epoch, s.batch_in_epoch = s.epoch + 1, 0
     bar.close()
     return run.stop_requested and s.step < run.total_steps
