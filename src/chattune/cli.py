@@ -83,6 +83,34 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Chat in the terminal (streaming; /reset, /system, /save); with a pipe on stdin,
+    answer one message per line."""
+    from chattune.chat.engine import ChatEngine, TransformersBackend
+    from chattune.chat.profile import load_profile
+    from chattune.chat.repl import run_chat
+    from chattune.model.loading import load_model
+
+    _quiet_hf()
+    profile = load_profile(args.profile)
+    engine = ChatEngine(TransformersBackend(*load_model(args.model)), profile)
+    interactive = sys.stdin.isatty()
+
+    def lines():
+        while True:
+            try:
+                yield input("you> ") if interactive else next(sys.stdin)
+            except (EOFError, StopIteration):
+                return
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    run_chat(engine, lines(), write, interactive)
+    return 0
+
+
 def _generation_options(args: argparse.Namespace):
     from chattune.evaluate.generation import GenerationOptions
 
@@ -240,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--system", help="system prompt for --prompt")
     gen.set_defaults(func=cmd_generate)
 
+    chat = verbs.add_parser("chat", help=cmd_chat.__doc__)
+    chat.add_argument("--model", default="smollm2-135m-instruct")
+    chat.add_argument("--profile", help="bot profile YAML (see examples/support/bot.yaml)")
+    chat.set_defaults(func=cmd_chat)
+
     ev = verbs.add_parser("eval", help=cmd_eval.__doc__)
     ev.add_argument(
         "--model",
@@ -274,6 +307,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "data stats": cmd_data_stats,
     "train": cmd_train,
     "generate": cmd_generate,
+    "chat": cmd_chat,
     "eval": cmd_eval,
     "rate": cmd_rate,
 }

@@ -6,25 +6,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from chattune.data.readers import read_conversations
-from chattune.data.render import generation_prompt_ids
 from chattune.data.types import Message
+from chattune.model.generation import GenerationOptions, generate_batch
 
 
 def generate_reply(model: Any, tokenizer: Any, messages: list[Message], max_new_tokens: int) -> str:
     """The model's greedy reply to ``messages``, rendered with its own chat template."""
-    import torch
-
-    ids = torch.tensor([generation_prompt_ids(tokenizer, messages)])
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    options = GenerationOptions(max_new_tokens=max_new_tokens)
+    return generate_batch(model, tokenizer, [messages], options)[0].text
 
 
 def _prompts(

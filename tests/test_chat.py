@@ -1,0 +1,142 @@
+"""The chat engine: prompt budget, stop strings, streaming with cancellation, the REPL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from chattune.chat.engine import ChatEngine, PromptTooLong, TransformersBackend
+from chattune.chat.profile import BotProfile, Example, load_profile
+from chattune.chat.repl import run_chat
+from chattune.data.readers import read_conversations
+from chattune.data.types import Message
+from chattune.errors import ConfigError
+from chattune.model.generation import GenerationOptions
+
+
+class FakeBackend:
+    """Streams fixed pieces; records the prompt it was given."""
+
+    def __init__(self, tokenizer, pieces: list[str], context_window: int = 4096) -> None:
+        self.tokenizer = tokenizer
+        self.pieces = pieces
+        self.context_window = context_window
+        self.prompts: list[list[int]] = []
+
+    def stream(self, prompt_ids, options, stop, cancel):
+        self.prompts.append(prompt_ids)
+        for p in self.pieces:
+            if cancel.is_set():
+                return
+            yield p
+
+
+def turns(n: int) -> list[Message]:
+    out = []
+    for i in range(n):
+        out += [Message("user", f"question number {i}"), Message("assistant", f"answer {i}")]
+    return [*out, Message("user", "last question")]
+
+
+def test_prompt_keeps_system_and_examples_and_drops_oldest_turns(tokenizer) -> None:
+    profile = BotProfile(
+        system_prompt="Be brief.",
+        persona=["You are Pine."],
+        examples=[Example(user="hi", assistant="hello")],
+    )
+    full_engine = ChatEngine(FakeBackend(tokenizer, []), profile)
+    options = GenerationOptions(max_new_tokens=10)
+    full, dropped = full_engine.build_prompt(turns(6), options)
+    assert dropped == 0
+    engine = ChatEngine(FakeBackend(tokenizer, [], context_window=len(full) - 1 + 10), profile)
+    ids, dropped = engine.build_prompt(turns(6), options)
+    assert dropped == 2 and len(ids) <= len(full) - 1
+    text = tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>system\nBe brief.\nYou are Pine.<|im_end|>")
+    assert "<|im_start|>user\nhi<|im_end|>" in text  # few-shot example kept
+    assert "question number 0" not in text and "question number 1" in text
+    assert text.endswith("last question<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_message_too_long_for_the_context(tokenizer) -> None:
+    engine = ChatEngine(FakeBackend(tokenizer, [], context_window=40))
+    with pytest.raises(PromptTooLong, match="prompt tokens but only 30 fit"):
+        engine.build_prompt([Message("user", "word " * 50)], GenerationOptions(max_new_tokens=10))
+
+
+def test_stop_string_split_across_pieces_is_never_shown(tokenizer) -> None:
+    engine = ChatEngine(
+        FakeBackend(tokenizer, ["Hel", "lo\nUs", "er: more"]), BotProfile(stop=["\nUser:"])
+    )
+    assert (
+        list(engine.stream([Message("user", "hi")]))
+        and engine.reply([Message("user", "hi")]) == "Hello"
+    )
+    plain = ChatEngine(FakeBackend(tokenizer, ["a", "b", "c"]))
+    assert "".join(plain.stream([Message("user", "hi")])) == "abc"
+
+
+def test_transformers_backend_streams_and_cancels(tiny_model_dir) -> None:
+    from chattune.model.loading import load_model
+
+    backend = TransformersBackend(*load_model(str(tiny_model_dir)))
+    engine = ChatEngine(backend)
+    options = GenerationOptions(max_new_tokens=20)
+    text = "".join(engine.stream([Message("user", "Hello!")], options))
+    assert isinstance(text, str)
+    cancel = threading.Event()
+    stream = engine.stream([Message("user", "Hello!")], options, cancel=cancel)
+    next(stream, None)
+    cancel.set()
+    assert len(list(stream)) < 20  # the worker thread stopped early and was joined
+
+
+def test_repl_commands_and_save(tokenizer, tmp_path) -> None:
+    engine = ChatEngine(FakeBackend(tokenizer, ["Sure", "!"]), BotProfile(name="Pine"))
+    out: list[str] = []
+    saved = tmp_path / "chat.jsonl"
+    history = run_chat(
+        engine,
+        [
+            "hi",
+            "/system Be brief.",
+            "and you?",
+            f"/save {saved}",
+            "/reset",
+            "again",
+            "/quit",
+            "never read",
+        ],
+        out.append,
+        False,
+    )
+    assert history == [Message("user", "again"), Message("assistant", "Sure!")]
+    (conv,) = read_conversations(saved)
+    assert [m.role for m in conv.messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert conv.messages[0].content == "Be brief."
+    assert "".join(out).count("Sure!") == 3
+
+
+def test_profile_errors_name_the_field(tmp_path) -> None:
+    bad = tmp_path / "bot.yaml"
+    bad.write_text("name: Pine\ngeneration: {temperature: -1}\ncolour: green\n")
+    with pytest.raises(ConfigError) as e:
+        load_profile(bad)
+    assert "generation.temperature" in str(e.value) and "colour: unknown key" in str(e.value)
+    assert load_profile("examples/support/bot.yaml").name == "Pine"
+
+
+def test_chat_cli_answers_one_line_at_a_time(tiny_model_dir) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chattune.cli", "chat", "--model", str(tiny_model_dir)],
+        input="hello\n\nhow are you?\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "you>" not in result.stdout and "chatting with" not in result.stdout  # no banner
+    assert result.stdout.count("\n") >= 2  # each reply ends with a newline
