@@ -6,8 +6,10 @@ the tokenizer shipped in tests/assets, giving a Hugging Face folder that ``--bas
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,33 @@ def chat_files(tmp_path: Path) -> tuple[Path, Path]:
     train = write_jsonl(tmp_path / "train.jsonl", [conversation(i, i % 2 == 0) for i in range(16)])
     val = write_jsonl(tmp_path / "val.jsonl", [conversation(i) for i in range(4)])
     return train, val
+
+
+@contextlib.contextmanager
+def live_server(app) -> Iterator[str]:
+    """Run ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread; yield its base URL.
+
+    The server stops by itself when the block ends (``should_exit``), so no test needs a
+    manually launched server or a kill script.
+    """
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -26,11 +26,20 @@ def chattune(*args: str, **kw) -> subprocess.CompletedProcess:
     )
 
 
+REQUIRED = {
+    "data check": ["x.jsonl"],
+    "data stats": ["x.jsonl"],
+    "data export-feedback": ["--out", "x.jsonl"],
+    "rate": ["--data", "x.jsonl", "--models", "a", "b", "--out", "r.jsonl"],
+}
+
+
 def test_command_table_matches_the_parser() -> None:
     parser = build_parser()
     for verb in COMMANDS:
-        args = parser.parse_args([*verb.split(), *(["x.jsonl"] if verb.startswith("data") else [])])
+        args = parser.parse_args([*verb.split(), *REQUIRED.get(verb, [])])
         assert args.func is COMMANDS[verb]
+        assert COMMANDS[verb].__doc__  # the docstring is the command's help
 
 
 def test_help_is_instant_and_imports_no_torch() -> None:

@@ -111,6 +111,52 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the model: OpenAI-compatible API (with SSE streaming), conversations, feedback
+    and a web chat page at /."""
+    import uvicorn
+
+    from chattune.chat.engine import ChatEngine, TransformersBackend
+    from chattune.chat.profile import load_profile
+    from chattune.model.loading import load_model
+    from chattune.serve.app import build_app
+    from chattune.serve.store import Store
+
+    _quiet_hf()
+    keys = [k for k in (args.api_key or os.environ.get("CHATTUNE_API_KEY", "")).split(",") if k]
+    engine = ChatEngine(TransformersBackend(*load_model(args.model)), load_profile(args.profile))
+    app = build_app(engine, Store(args.db), args.model, keys, args.max_concurrency, args.max_queue)
+    if not keys and args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "serving on %s without --api-key: anyone who can reach it can use it", args.host
+        )
+    print(f"chattune: http://{args.host}:{args.port}/ (model {args.model})", flush=True)
+    # uvicorn stops accepting on SIGTERM/SIGINT and lets in-flight replies finish (bounded).
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=args.graceful_timeout,
+    )
+    return 0
+
+
+def cmd_export_feedback(args: argparse.Namespace) -> int:
+    """Write thumbs-up replies and corrections from the server's database as training JSONL."""
+    import json
+
+    from chattune.serve.store import Store
+
+    count = 0
+    with open(args.out, "w", encoding="utf-8") as f:
+        for messages in Store(args.db).feedback_conversations():
+            f.write(json.dumps({"messages": messages}) + "\n")
+            count += 1
+    print(f"wrote {count} conversations to {args.out}")
+    return 0
+
+
 def _generation_options(args: argparse.Namespace):
     from chattune.evaluate.generation import GenerationOptions
 
@@ -216,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--mask", default="assistant", choices=["assistant", "last", "all"])
     _data_flags(stats)
     stats.set_defaults(func=cmd_data_stats)
+    export = data_verbs.add_parser("export-feedback", help=cmd_export_feedback.__doc__)
+    export.add_argument("--db", default="chattune.db", help="sqlite path or SQLAlchemy URL")
+    export.add_argument("--out", required=True)
+    export.set_defaults(func=cmd_export_feedback)
 
     train = verbs.add_parser(
         "train",
@@ -273,6 +323,25 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--profile", help="bot profile YAML (see examples/support/bot.yaml)")
     chat.set_defaults(func=cmd_chat)
 
+    serve = verbs.add_parser("serve", help=cmd_serve.__doc__)
+    serve.add_argument("--model", default="smollm2-135m-instruct")
+    serve.add_argument("--profile", help="bot profile YAML")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", help="accepted key(s), comma-separated; or CHATTUNE_API_KEY")
+    serve.add_argument(
+        "--db", default="chattune.db", help="sqlite path, sqlite:///path or postgresql://... URL"
+    )
+    serve.add_argument("--max-concurrency", type=int, default=1, help="replies generated at once")
+    serve.add_argument("--max-queue", type=int, default=8, help="waiting requests before 429")
+    serve.add_argument(
+        "--graceful-timeout",
+        type=int,
+        default=30,
+        help="seconds in-flight replies get to finish on shutdown",
+    )
+    serve.set_defaults(func=cmd_serve)
+
     ev = verbs.add_parser("eval", help=cmd_eval.__doc__)
     ev.add_argument(
         "--model",
@@ -308,6 +377,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "generate": cmd_generate,
     "chat": cmd_chat,
+    "serve": cmd_serve,
+    "data export-feedback": cmd_export_feedback,
     "eval": cmd_eval,
     "rate": cmd_rate,
 }

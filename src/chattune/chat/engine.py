@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 class PromptTooLong(ChattuneError):
     """The newest user message alone does not fit the model's context."""
 
+    def __init__(self, message: str, prompt_tokens: int, budget: int) -> None:
+        super().__init__(message)
+        self.prompt_tokens, self.budget = prompt_tokens, budget
+
 
 class Backend(Protocol):
     """Generates text for token ids. transformers now; llama.cpp or a vLLM server later."""
@@ -141,7 +145,9 @@ class ChatEngine:
                 raise PromptTooLong(
                     f"the message needs {len(ids)} prompt tokens but only {budget} fit "
                     f"(context {self.backend.context_window} - max_tokens "
-                    f"{options.max_new_tokens}); shorten it or lower max_tokens"
+                    f"{options.max_new_tokens}); shorten it or lower max_tokens",
+                    len(ids),
+                    budget,
                 )
             dropped += later
             turns = turns[later:]
@@ -157,11 +163,17 @@ class ChatEngine:
         options: GenerationOptions | None = None,
         system: str | None = None,
         cancel: threading.Event | None = None,
+        stop: list[str] | None = None,
+        prompt_ids: list[int] | None = None,
     ) -> Iterator[str]:
-        """Yield the reply in pieces; stops at a stop string, EOS, max tokens or ``cancel``."""
+        """Yield the reply in pieces; stops at a stop string, EOS, max tokens or ``cancel``.
+
+        ``stop`` adds to the profile's stop strings; ``prompt_ids`` skips rebuilding a
+        prompt the caller already built with :meth:`build_prompt`.
+        """
         options = options or self.profile.generation
-        prompt, _ = self.build_prompt(history, options, system)
-        stops = self.profile.stop
+        prompt = prompt_ids or self.build_prompt(history, options, system)[0]
+        stops = [*self.profile.stop, *(stop or [])]
         # Hold back as many characters as a stop string could have begun with, so a stop
         # string split across pieces is never shown.
         hold = max((len(s) for s in stops), default=1) - 1
