@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable
@@ -131,7 +132,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "serving on %s without --api-key: anyone who can reach it can use it", args.host
         )
     print(f"chattune: http://{args.host}:{args.port}/ (model {args.model})", flush=True)
-    # uvicorn stops accepting on SIGTERM/SIGINT and lets in-flight replies finish (bounded).
+    # uvicorn stops accepting on SIGTERM/SIGINT and lets in-flight replies finish (bounded),
+    # then re-raises the signal to the handler it found: ours, which makes that a clean exit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         app,
         host=args.host,
