@@ -77,7 +77,8 @@ def shared_eval_loss(model, tokenizer) -> float:
     return total / n
 
 
-def run_chattune(steps: int) -> dict:
+def run_chattune(steps: int, *extra: str) -> dict:
+    """chattune's defaults for this recipe; ``extra`` overrides (``key=value``) on top."""
     from chattune.config import build_config
     from chattune.train.loop import build_run, train
 
@@ -93,6 +94,7 @@ def run_chattune(steps: int) -> dict:
             f"data.max_len={MAX_LEN}",
             "train.warmup_ratio=0",
             "train.progress=false",
+            *extra,
         ],
     )
     run = build_run(cfg)
