@@ -179,16 +179,17 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, flag: str = "--config") -> dict[str, Any]:
+    """A YAML mapping from ``path``; every failure is a :class:`ConfigError` naming ``flag``."""
     p = Path(path)
     try:
         tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
-        raise ConfigError(f"--config {p}: no such file") from None
+        raise ConfigError(f"{flag} {p}: no such file") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"--config {p}: not valid YAML: {e}") from None
+        raise ConfigError(f"{flag} {p}: not valid YAML: {e}") from None
     if not isinstance(tree, dict):
-        raise ConfigError(f"--config {p}: expected a mapping of sections (model, data, ...)")
+        raise ConfigError(f"{flag} {p}: expected a mapping of keys to values")
     return tree
 
 

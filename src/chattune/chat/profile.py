@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from chattune.config import format_validation_error
+from chattune.config import format_validation_error, load_yaml
 from chattune.data.types import Message
 from chattune.errors import ConfigError
 from chattune.model.generation import GenerationOptions
@@ -59,12 +58,7 @@ def load_profile(path: str | Path | None) -> BotProfile:
     if path is None:
         return BotProfile()
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"--profile {p}: no such file") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--profile {p}: not valid YAML: {e}") from None
+    data = load_yaml(p, "--profile")
     try:
         return BotProfile.model_validate(data)
     except ValidationError as e:
