@@ -234,7 +234,7 @@ def test_wilson_interval() -> None:
 
 def test_eval_cli(overfit, tmp_path, capsys) -> None:
     model, data = overfit
-    out = tmp_path / "m.json"
+    out = tmp_path / "not" / "yet" / "m.json"  # folders are created
     assert (
         main(
             [

@@ -142,4 +142,5 @@ def write_json(result: dict[str, Any], path: str | Path, per_example: bool) -> N
         out.pop("examples", None)
         if "compare" in out:
             out["compare"] = {k: v for k, v in out["compare"].items() if k != "per_example"}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(out, indent=2) + "\n")
