@@ -14,7 +14,6 @@ from chattune.cli import main
 from chattune.config import build_config
 from chattune.data.types import Conversation, Message
 from chattune.evaluate.examples import turn_examples
-from chattune.evaluate.generation import GenerationOptions
 from chattune.evaluate.metrics import (
     bleu_from_stats,
     bleu_stats,
@@ -28,6 +27,7 @@ from chattune.evaluate.ratings import run_rate, summarize_ratings, wilson_interv
 from chattune.evaluate.report import write_report
 from chattune.evaluate.run import EvalSettings, run_eval, write_json
 from chattune.evaluate.scoring import METRIC_KEYS, aggregate, bootstrap_deltas, make_records
+from chattune.model.generation import GenerationOptions
 from chattune.train.loop import run_train
 from tests.conftest import conversation, write_jsonl
 

@@ -161,7 +161,7 @@ def cmd_export_feedback(args: argparse.Namespace) -> int:
 
 
 def _generation_options(args: argparse.Namespace):
-    from chattune.evaluate.generation import GenerationOptions
+    from chattune.model.generation import GenerationOptions
 
     return GenerationOptions(
         max_new_tokens=args.max_new_tokens,

@@ -7,8 +7,6 @@ from typing import Any
 from chattune.evaluate.examples import TurnExample
 from chattune.model.generation import Generated, GenerationOptions, generate_batch
 
-__all__ = ["Generated", "GenerationOptions", "generate_batch", "generate_replies"]
-
 
 def generate_replies(
     model: Any,

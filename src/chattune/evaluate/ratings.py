@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from chattune.evaluate.examples import TurnExample
-from chattune.evaluate.generation import GenerationOptions, generate_batch
+from chattune.model.generation import GenerationOptions, generate_batch
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -11,7 +11,7 @@ from typing import Any
 from chattune.data.readers import read_many
 from chattune.errors import DataError
 from chattune.evaluate.examples import TurnExample, turn_examples
-from chattune.evaluate.generation import GenerationOptions, generate_replies
+from chattune.evaluate.generation import generate_replies
 from chattune.evaluate.perplexity import reference_losses
 from chattune.evaluate.scoring import (
     LOWER_IS_BETTER,
@@ -21,6 +21,7 @@ from chattune.evaluate.scoring import (
     bootstrap_deltas,
     make_records,
 )
+from chattune.model.generation import GenerationOptions
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     select,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
@@ -180,7 +181,7 @@ class Store:
             message = MessageRow(
                 id=f"msg-{uuid.uuid4().hex[:20]}",
                 conversation_id=row.id,
-                seq=len(row.messages),
+                seq=s.scalar(select(func.count()).where(MessageRow.conversation_id == row.id)),
                 role=role,
                 content=content,
                 created_at=now(),

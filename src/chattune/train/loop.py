@@ -205,8 +205,9 @@ def generation_metrics(run: Run) -> dict[str, float]:
     if not n or not run.data.val_conversations or not run.is_main:
         return {}
     from chattune.evaluate.examples import turn_examples
-    from chattune.evaluate.generation import GenerationOptions, generate_replies
+    from chattune.evaluate.generation import generate_replies
     from chattune.evaluate.scoring import aggregate, make_records
+    from chattune.model.generation import GenerationOptions
 
     examples = turn_examples(run.data.val_conversations, n)
     run.loss_module.eval()
