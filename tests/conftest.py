@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,6 +87,27 @@ def chat_files(tmp_path: Path) -> tuple[Path, Path]:
     return train, val
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """Run ``python -m chattune.cli ARGS`` as a user would; capture its text output."""
+    return subprocess.run(
+        [sys.executable, "-m", "chattune.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        **kw,
+    )
+
+
 @contextlib.contextmanager
 def live_server(app) -> Iterator[str]:
     """Run ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread; yield its base URL.
@@ -91,15 +115,12 @@ def live_server(app) -> Iterator[str]:
     The server stops by itself when the block ends (``should_exit``), so no test needs a
     manually launched server or a kill script.
     """
-    import socket
     import threading
     import time
 
     import uvicorn
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -15,6 +13,7 @@ from chattune.data.readers import read_conversations
 from chattune.data.types import Message
 from chattune.errors import ConfigError
 from chattune.model.generation import GenerationOptions
+from tests.conftest import run_cli
 
 
 class FakeBackend:
@@ -130,13 +129,7 @@ def test_profile_errors_name_the_field(tmp_path) -> None:
 
 
 def test_chat_cli_answers_one_line_at_a_time(tiny_model_dir) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "chattune.cli", "chat", "--model", str(tiny_model_dir)],
-        input="hello\n\nhow are you?\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli("chat", "--model", str(tiny_model_dir), input="hello\n\nhow are you?\n")
     assert result.returncode == 0, result.stderr
     assert "you>" not in result.stdout and "chatting with" not in result.stdout  # no banner
     assert result.stdout.count("\n") >= 2  # each reply ends with a newline

@@ -11,19 +11,9 @@ import sys
 import time
 
 from chattune.cli import COMMANDS, build_parser, main
+from tests.conftest import run_cli
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-
-def chattune(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "chattune.cli", *args],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=300,
-        **kw,
-    )
 
 
 REQUIRED = {
@@ -53,7 +43,7 @@ def test_help_is_instant_and_imports_no_torch() -> None:
 
 def test_max_steps_2_run_leaves_exactly_the_expected_files(tiny_model_dir, chat_files, tmp_path):
     out = tmp_path / "run"
-    result = chattune(
+    result = run_cli(
         "train",
         "--data",
         str(chat_files[0]),

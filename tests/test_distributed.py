@@ -5,18 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import free_port
+
 WORKER = Path(__file__).parent / "ddp_worker.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_ranks_end_identical_and_only_rank_0_writes(tiny_model_dir, chat_files, tmp_path):

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from chattune.train import checkpoint as ckpt
+from tests.conftest import run_cli
 
 
 def train(tiny_model_dir: Path, chat_files, out: Path, *extra: str, env: dict | None = None):
@@ -38,13 +36,7 @@ def train(tiny_model_dir: Path, chat_files, out: Path, *extra: str, env: dict | 
         "train.progress=false",
         *extra,
     ]
-    return subprocess.run(
-        [sys.executable, "-m", "chattune.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
+    return run_cli(*args, env=env)
 
 
 def records(out: Path) -> list[dict]:

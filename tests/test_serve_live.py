@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from chattune.chat.engine import ChatEngine, TransformersBackend
 from chattune.model.loading import load_model
 from chattune.serve.app import build_app
 from chattune.serve.store import Store
-from tests.conftest import live_server
+from tests.conftest import free_port, live_server
 from tests.test_chat import FakeBackend
 
 
@@ -114,12 +113,6 @@ def test_web_page_in_a_real_browser(tokenizer, tmp_path) -> None:
     assert rows == [(1,)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(tiny_model_dir: Path, db: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen(
         [
@@ -157,7 +150,7 @@ def _start(tiny_model_dir: Path, db: Path, port: int) -> subprocess.Popen:
 def test_kill_9_during_writes_keeps_every_acknowledged_message(tiny_model_dir, tmp_path):
     import httpx
 
-    db, port = tmp_path / "chat.db", _free_port()
+    db, port = tmp_path / "chat.db", free_port()
     proc = _start(tiny_model_dir, db, port)
     base, headers = f"http://127.0.0.1:{port}", {"Authorization": "Bearer k"}
     acknowledged: list[str] = []
@@ -204,7 +197,7 @@ def test_kill_9_during_writes_keeps_every_acknowledged_message(tiny_model_dir, t
 def test_sigterm_finishes_in_flight_reply_and_exits_0(tiny_model_dir, tmp_path) -> None:
     import httpx
 
-    db, port = tmp_path / "chat.db", _free_port()
+    db, port = tmp_path / "chat.db", free_port()
     proc = _start(tiny_model_dir, db, port)
     result: dict = {}
 
