@@ -1,0 +1,89 @@
+"""Group structural blocks into retrieval passages ("chunks").
+
+Chunks follow the document's structure: a chunk never spans two sections (heading paths),
+whole paragraphs are kept together up to ``max_words``, and a paragraph longer than that is
+cut into overlapping word windows. Consecutive chunks of one section overlap by
+``overlap_words`` so a fact that straddles a boundary is whole in at least one of them. Each
+FAQ entry is exactly one chunk. Words, not model tokens, measure size: all-MiniLM-L6-v2 reads
+256 word pieces, and 160 English words stay under that with room for the heading.
+
+Example:
+    >>> from chattune.knowledge.documents import Block
+    >>> chunks = chunk_blocks([Block("a b c", ("Intro",)), Block("d e", ("Intro",))], 4, 1)
+    >>> [(c.title, c.text) for c in chunks]
+    [('Intro', 'a b c'), ('Intro', 'c\\n\\nd e')]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import groupby
+
+from chattune.knowledge.documents import Block
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A passage as stored and searched."""
+
+    text: str
+    title: str = ""  # heading path, "Shipping > Canada"
+    line: int = 1
+    faq_id: str | None = None
+    question: str | None = None
+    answer: str | None = None
+
+    @property
+    def index_text(self) -> str:
+        """What is embedded and BM25-indexed: the headings give a passage its topic."""
+        return f"{self.title}\n{self.text}" if self.title else self.text
+
+
+def chunk_blocks(blocks: list[Block], max_words: int = 160, overlap_words: int = 32) -> list[Chunk]:
+    """Chunks of ``blocks`` in document order (see the module docstring)."""
+    if not 0 <= overlap_words < max_words:
+        raise ValueError(f"overlap_words ({overlap_words}) must be below max_words ({max_words})")
+    chunks: list[Chunk] = []
+    for path, group in groupby(blocks, key=lambda b: (b.path, b.faq_id is not None)):
+        section = list(group)
+        if path[1]:  # FAQ entries
+            chunks += [Chunk(b.text, "", b.line, b.faq_id, b.question, b.answer) for b in section]
+        else:
+            title = " > ".join(path[0])
+            chunks += [
+                Chunk(t, title, line) for t, line in _section(section, max_words, overlap_words)
+            ]
+    return chunks
+
+
+def _section(blocks: list[Block], max_words: int, overlap: int) -> Iterator[tuple[str, int]]:
+    """(text, line) passages of one section."""
+    parts: list[str] = []
+    size, line, tail = 0, blocks[0].line, ""
+    for block in blocks:
+        words = block.text.split()
+        if len(words) > max_words:  # one long paragraph: overlapping word windows
+            if parts:
+                yield _join(tail, parts), line
+            step = max_words - overlap
+            for start in range(0, max(len(words) - overlap, 1), step):
+                yield " ".join(words[start : start + max_words]), block.line
+            parts, size, tail = [], 0, " ".join(words[-overlap:]) if overlap else ""
+            line = block.line
+            continue
+        if parts and size + len(words) > max_words:
+            text = _join(tail, parts)
+            yield text, line
+            tail = " ".join(text.split()[-overlap:]) if overlap else ""
+            parts, size, line = [], len(tail.split()), block.line
+        if not parts:
+            line = block.line
+        parts.append(block.text)
+        size += len(words)
+    if parts:
+        yield _join(tail, parts), line
+
+
+def _join(tail: str, parts: list[str]) -> str:
+    return "\n\n".join([tail, *parts] if tail else parts)

@@ -1,0 +1,102 @@
+"""``chattune kb eval``: does retrieval find the passage that answers each question?
+
+A questions file is JSONL, one question per line with its gold answer location(s):
+
+    {"question": "Is there a deadline for returns?", "faq_id": "returns-window"}
+    {"question": "How heavy is the tent?", "source": "products.html"}
+
+``faq_id`` and ``source`` may be strings or lists; a hit is gold when it is one of the FAQ
+entries or comes from one of the sources (a path, matched on its trailing components). Both
+may be given when an FAQ entry and a document both answer the question.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from chattune.errors import DataError
+from chattune.knowledge.retrieve import Hit, Mode, Retriever
+
+
+@dataclass(frozen=True)
+class Question:
+    text: str
+    faq_ids: frozenset[str]
+    sources: tuple[str, ...]
+
+    def is_gold(self, hit: Hit) -> bool:
+        if hit.chunk.chunk.faq_id is not None and hit.chunk.chunk.faq_id in self.faq_ids:
+            return True
+        name = hit.chunk.source
+        return any(name == s or name.endswith("/" + s.lstrip("/")) for s in self.sources)
+
+
+def read_questions(path: str | Path) -> list[Question]:
+    """Questions from JSONL; every bad line is reported as FILE:LINE."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError([f"--data {path}: no such file"])
+    questions, problems = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append(f"{path}:{n}: invalid JSON ({e.msg})")
+            continue
+        if not isinstance(row, dict) or not str(row.get("question") or "").strip():
+            problems.append(f"{path}:{n}: needs a non-empty 'question'")
+            continue
+        faq, src = _strings(row.get("faq_id")), _strings(row.get("source"))
+        if faq is None or src is None or not (faq or src):
+            problems.append(
+                f"{path}:{n}: needs 'faq_id' and/or 'source' (a string or a list of strings)"
+            )
+            continue
+        questions.append(Question(row["question"].strip(), frozenset(faq), tuple(src)))
+    if problems:
+        raise DataError(problems)
+    if not questions:
+        raise DataError([f"{path}: no questions"])
+    return questions
+
+
+def _strings(value: object) -> list[str] | None:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
+def evaluate(
+    retriever: Retriever, questions: list[Question], mode: Mode = "hybrid", k: int = 10
+) -> dict[str, float]:
+    """hit@1, hit@5, MRR (over the top ``k``) and per-query latency in milliseconds.
+
+    Latency covers everything a chat turn pays for retrieval: embedding the question,
+    both searches, fusion and reading the passages back.
+    """
+    ranks, latencies = [], []
+    for q in questions:
+        start = time.perf_counter()
+        hits = retriever.search(q.text, k=k, mode=mode)
+        latencies.append((time.perf_counter() - start) * 1000)
+        ranks.append(next((r for r, h in enumerate(hits, 1) if q.is_gold(h)), None))
+    n = len(questions)
+    return {
+        "questions": n,
+        "hit@1": sum(r == 1 for r in ranks) / n,
+        "hit@5": sum(r is not None and r <= 5 for r in ranks) / n,
+        "mrr": sum(1 / r for r in ranks if r) / n,
+        "latency_ms_p50": float(np.percentile(latencies, 50)),
+        "latency_ms_p95": float(np.percentile(latencies, 95)),
+    }

@@ -1,0 +1,183 @@
+"""Hybrid retrieval: dense (FAISS) and lexical (BM25) rankings, fused with a gate.
+
+Plain reciprocal-rank fusion (RRF) trusts both rankings equally. On paraphrased questions,
+which share few words with the passage that answers them, BM25's ranking is mostly noise,
+and RRF lets it drag the right dense hit down. ``hybrid`` therefore weighs the lexical
+ranking by how much lexical evidence there is: the share of the query's terms that its best
+BM25 passage contains. Below ``gate_floor`` the lexical weight is 0 and the result is the
+dense ranking exactly; above it, BM25 joins the fusion with that weight, which is what helps
+on product names, codes and rare terms that an embedding blurs. ``kb eval --mode all``
+prints all four modes side by side; docs/knowledge.md has the measured comparison.
+
+Follow-up questions ("and how much is it?") name nothing, so the query is the conversation:
+the last user message plus earlier user messages at decaying weights (see
+:func:`conversation_query`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from chattune.data.types import Message
+from chattune.knowledge.index import tokenize
+from chattune.knowledge.store import KnowledgeBase, StoredChunk
+
+Mode = Literal["hybrid", "dense", "bm25", "rrf"]
+MODES: tuple[Mode, ...] = ("hybrid", "dense", "bm25", "rrf")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved passage. ``similarity`` is its cosine to the query, whatever the mode:
+    thresholds ("don't know", FAQ match) use it because it is comparable across queries,
+    unlike BM25 or fused scores."""
+
+    chunk: StoredChunk
+    score: float
+    similarity: float
+    lexical: float
+
+
+@dataclass(frozen=True)
+class Query:
+    """Texts with weights: the dense vector is their weighted sum, BM25 reads all their terms."""
+
+    texts: tuple[str, ...]
+    weights: tuple[float, ...] = (1.0,)
+
+    @classmethod
+    def of(cls, text: str) -> Query:
+        return cls((text,), (1.0,))
+
+
+def conversation_query(history: list[Message], turns: int = 3, decay: float = 0.5) -> Query:
+    """The last ``turns`` user messages, newest first, weighted 1, decay, decay**2, ...
+
+    Example:
+        >>> q = conversation_query([Message("user", "Do you ship to Canada?"),
+        ...     Message("assistant", "Yes."), Message("user", "How long does it take?")])
+        >>> q.texts, q.weights
+        (('How long does it take?', 'Do you ship to Canada?'), (1.0, 0.5))
+    """
+    users = [m.content for m in reversed(history) if m.role == "user"][:turns]
+    return Query(tuple(users), tuple(decay**i for i in range(len(users))))
+
+
+def rrf(rankings: list[list[int]], weights: list[float], k: int = 60) -> dict[int, float]:
+    """Weighted reciprocal-rank fusion: sum of ``weight / (k + rank)`` (rank from 1).
+
+    Example:
+        >>> rrf([[1, 2], [2, 3]], [1.0, 1.0], k=0)
+        {1: 1.0, 2: 1.5, 3: 0.5}
+    """
+    scores: dict[int, float] = {}
+    for ranking, weight in zip(rankings, weights, strict=False):
+        if weight <= 0:
+            continue
+        for rank, item in enumerate(ranking, 1):
+            scores[item] = scores.get(item, 0.0) + weight / (k + rank)
+    return scores
+
+
+def lexical_gate(query_terms: set[str], passage_terms: set[str], floor: float) -> float:
+    """Weight of the BM25 ranking: the share of query terms its best passage contains, or 0
+    below ``floor``.
+
+    Example:
+        >>> lexical_gate({"ridgelin", "tent", "weigh"}, {"ridgelin", "tent", "kg"}, 0.5)
+        0.6666666666666666
+        >>> lexical_gate({"time", "limit", "return"}, {"return", "45", "day"}, 0.5)
+        0.0
+    """
+    if not query_terms:
+        return 0.0
+    coverage = len(query_terms & passage_terms) / len(query_terms)
+    return coverage if coverage >= floor else 0.0
+
+
+class Retriever:
+    """Search one knowledge base. Thread-safe for concurrent searches."""
+
+    def __init__(
+        self, kb: KnowledgeBase, candidates: int = 50, rrf_k: int = 60, gate_floor: float = 0.5
+    ) -> None:
+        self.kb, self.candidates, self.rrf_k, self.gate_floor = kb, candidates, rrf_k, gate_floor
+        _ = kb.indexes  # verify now, not on the first question
+        self._faq: tuple[np.ndarray, np.ndarray] | None = None
+
+    def vector(self, query: Query) -> np.ndarray:
+        """The unit query vector (1, dim): weighted sum of the texts' embeddings."""
+        vectors = self.kb.embedder.encode(list(query.texts))
+        v = (np.asarray(query.weights, dtype=np.float32)[:, None] * vectors).sum(0, keepdims=True)
+        return v / max(float(np.linalg.norm(v)), 1e-12)
+
+    def search(
+        self,
+        query: Query | str,
+        k: int = 5,
+        mode: Mode = "hybrid",
+        vector: np.ndarray | None = None,
+    ) -> list[Hit]:
+        """The ``k`` best passages for ``query`` under ``mode``."""
+        query = Query.of(query) if isinstance(query, str) else query
+        idx = self.kb.indexes
+        v = self.vector(query) if vector is None else vector
+        n = min(self.candidates, idx.dense.ntotal)
+        sims, ids = idx.dense.search(v, n)
+        dense = [int(i) for i in ids[0] if i >= 0]
+        similarity = {i: float(s) for i, s in zip(dense, sims[0], strict=False)}
+        terms = [t for text in query.texts for t in tokenize([text])[0]]
+        lexical_scores = self._bm25(terms)
+        lexical = [
+            i
+            for i in sorted(lexical_scores, key=lexical_scores.get, reverse=True)
+            if lexical_scores[i] > 0
+        ][:n]
+        if mode == "dense":
+            ranked = [(i, similarity[i]) for i in dense]
+        elif mode == "bm25":
+            ranked = [(i, lexical_scores[i]) for i in lexical]
+        else:
+            weight = 1.0
+            if mode == "hybrid":
+                weight = 0.0
+                if lexical:
+                    best = self.kb.chunks([lexical[0]])[lexical[0]].chunk.index_text
+                    weight = lexical_gate(set(terms), set(tokenize([best])[0]), self.gate_floor)
+            fused = rrf([dense, lexical], [1.0, weight], self.rrf_k)
+            # Ties go to the dense ranking, unless the best BM25 passage holds every query
+            # term (weight 1): then the lexical evidence is the stronger of the two.
+            lexical_first = mode == "hybrid" and weight >= 1.0
+            order = {i: r for r, i in enumerate(lexical if lexical_first else dense)}
+            ranked = sorted(fused.items(), key=lambda kv: (-kv[1], order.get(kv[0], n)))
+        top = ranked[:k]
+        chunks = self.kb.chunks([i for i, _ in top])
+        for i, _ in top:
+            if i not in similarity:  # a lexical-only hit: its exact cosine, from the index
+                similarity[i] = float(idx.dense.reconstruct(i) @ v[0])
+        return [Hit(chunks[i], s, similarity[i], lexical_scores.get(i, 0.0)) for i, s in top]
+
+    def _bm25(self, terms: list[str]) -> dict[int, float]:
+        """BM25 score per chunk id, for chunks sharing a term with the query."""
+        idx = self.kb.indexes
+        known = [t for t in terms if idx.bm25 is not None and t in idx.bm25.vocab_dict]
+        if not known:
+            return {}
+        scores = idx.bm25.get_scores(known)
+        hit = np.flatnonzero(scores > 0)
+        return {int(idx.ids[j]): float(scores[j]) for j in hit}
+
+    def faq_match(self, vector: np.ndarray) -> tuple[StoredChunk, float] | None:
+        """The FAQ entry whose *question* is closest to the query, with its cosine."""
+        if self._faq is None:
+            self._faq = self.kb.faq_questions()
+        ids, questions = self._faq
+        if not len(ids):
+            return None
+        sims = questions @ vector[0]
+        best = int(np.argmax(sims))
+        chunk = self.kb.chunks([int(ids[best])]).get(int(ids[best]))
+        return (chunk, float(sims[best])) if chunk else None
