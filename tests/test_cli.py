@@ -21,6 +21,13 @@ REQUIRED = {
     "data stats": ["x.jsonl"],
     "data export-feedback": ["--out", "x.jsonl"],
     "rate": ["--data", "x.jsonl", "--models", "a", "b", "--out", "r.jsonl"],
+    "kb add": ["doc.md", "--kb", "kb"],
+    "kb remove": ["doc.md", "--kb", "kb"],
+    "kb list": ["--kb", "kb"],
+    "kb stats": ["--kb", "kb"],
+    "kb rebuild": ["--kb", "kb"],
+    "kb search": ["query", "--kb", "kb"],
+    "kb eval": ["--kb", "kb", "--data", "q.jsonl"],
 }
 
 

@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 
 from chattune.chat.engine import ChatEngine, TransformersBackend
+from chattune.knowledge.grounding import Knowledge, KnowledgeSettings
+from chattune.knowledge.retrieve import Retriever
+from chattune.knowledge.store import KnowledgeBase
 from chattune.model.loading import load_model
 from chattune.serve.app import build_app
 from chattune.serve.store import Store
@@ -76,8 +79,16 @@ def test_web_page_in_a_real_browser(tokenizer, tmp_path) -> None:
                 time.sleep(0.15)  # slow enough to see several partial states
                 yield word
 
+    docs = tmp_path / "returns.md"
+    docs.write_text("# Returns\n\n## Window\n\nReturn items within 45 days of delivery.\n")
+    kb = KnowledgeBase(tmp_path / "kb", create=True, embedder="hashing")
+    kb.add([docs])
+    # The hashing embedder's similarities are low; let every passage count.
+    settings = KnowledgeSettings(min_similarity=0.0, min_topic_similarity=0.0)
+    knowledge = Knowledge(Retriever(kb), settings)
     store = Store(str(tmp_path / "chat.db"))
-    app = build_app(ChatEngine(Streaming(tokenizer, [])), store, "tiny", ["web-key"])
+    engine = ChatEngine(Streaming(tokenizer, []), knowledge=knowledge)
+    app = build_app(engine, store, "tiny", ["web-key"])
     with live_server(app) as url, sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=chromium,
@@ -99,6 +110,8 @@ def test_web_page_in_a_real_browser(tokenizer, tmp_path) -> None:
         )  # partial
         page.wait_for_selector(".msg.assistant .feedback", timeout=10_000)
         assert reply.inner_text().startswith("Our return window is 45 days.")
+        source = page.locator("#source-list details summary").first
+        assert source.inner_text().startswith("[1] ") and "Returns > Window" in source.inner_text()
         reply.get_by_role("button", name="thumbs up").click()
         page.wait_for_selector(".feedback button.chosen", timeout=5_000)
         page.reload()

@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Callable
 
+from chattune import kb_cli
 from chattune.errors import ChattuneError
 
 log = logging.getLogger("chattune")
@@ -94,7 +95,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     _quiet_hf()
     profile = load_profile(args.profile)
-    engine = ChatEngine(TransformersBackend(*load_model(args.model)), profile)
+    knowledge = _knowledge(args.kb, profile)
+    engine = ChatEngine(TransformersBackend(*load_model(args.model)), profile, knowledge)
     interactive = sys.stdin.isatty()
 
     def lines():
@@ -125,7 +127,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     _quiet_hf()
     keys = [k for k in (args.api_key or os.environ.get("CHATTUNE_API_KEY", "")).split(",") if k]
-    engine = ChatEngine(TransformersBackend(*load_model(args.model)), load_profile(args.profile))
+    profile = load_profile(args.profile)
+    knowledge = _knowledge(args.kb, profile)
+    engine = ChatEngine(TransformersBackend(*load_model(args.model)), profile, knowledge)
     app = build_app(engine, Store(args.db), args.model, keys, args.max_concurrency, args.max_queue)
     if not keys and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(
@@ -143,6 +147,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=args.graceful_timeout,
     )
     return 0
+
+
+def _knowledge(folder: str | None, profile):
+    """The profile's knowledge settings on ``--kb``'s retriever (checked before the model
+    loads, so a broken knowledge base fails in a second, not after a minute)."""
+    if folder is None:
+        return None
+    from chattune.knowledge.grounding import Knowledge
+    from chattune.knowledge.retrieve import Retriever
+    from chattune.knowledge.store import KnowledgeBase
+
+    return Knowledge(Retriever(KnowledgeBase(folder)), profile.knowledge)
 
 
 def cmd_export_feedback(args: argparse.Namespace) -> int:
@@ -324,11 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat = verbs.add_parser("chat", help=cmd_chat.__doc__)
     chat.add_argument("--model", default="smollm2-135m-instruct")
     chat.add_argument("--profile", help="bot profile YAML (see examples/support/bot.yaml)")
+    chat.add_argument("--kb", help="answer from this knowledge base (see chattune kb add)")
     chat.set_defaults(func=cmd_chat)
 
     serve = verbs.add_parser("serve", help=cmd_serve.__doc__)
     serve.add_argument("--model", default="smollm2-135m-instruct")
     serve.add_argument("--profile", help="bot profile YAML")
+    serve.add_argument("--kb", help="answer from this knowledge base, with sources")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", help="accepted key(s), comma-separated; or CHATTUNE_API_KEY")
@@ -371,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("--max-examples", type=int)
     _generation_flags(rate)
     rate.set_defaults(func=cmd_rate)
+    kb_cli.add_parser(verbs)
     return parser
 
 
@@ -384,6 +403,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "data export-feedback": cmd_export_feedback,
     "eval": cmd_eval,
     "rate": cmd_rate,
+    **kb_cli.COMMANDS,
 }
 
 
@@ -396,7 +416,18 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("httpx", "urllib3", "transformers", "accelerate", "peft", "absl", "matplotlib"):
+    for noisy in (
+        "httpx",
+        "urllib3",
+        "transformers",
+        "accelerate",
+        "peft",
+        "absl",
+        "matplotlib",
+        "sentence_transformers",
+        "faiss",
+        "bm25s",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)

@@ -2,7 +2,9 @@
 
 The engine turns (profile, conversation so far) into the model's prompt through the chat
 template, keeping the newest turns that fit the context window, and streams the reply from
-a swappable :class:`Backend`. The CLI chat uses it now; the HTTP API and web page will.
+a swappable :class:`Backend`. With a knowledge base, :meth:`ChatEngine.ground` first decides
+how the turn is grounded (passages in a quoted context block, a stored FAQ answer, or "I don't
+know"); the CLI chat, the HTTP API and the web page all go through here.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from chattune.chat.profile import BotProfile
 from chattune.data.render import generation_prompt_ids
 from chattune.data.types import Message
 from chattune.errors import ChattuneError
+from chattune.knowledge.grounding import Grounding, Knowledge
 from chattune.model.generation import GenerationOptions
 
 log = logging.getLogger(__name__)
@@ -113,23 +116,40 @@ class TransformersBackend:
 class ChatEngine:
     """Prompt building, history budget and streaming for one model and one profile."""
 
-    def __init__(self, backend: Backend, profile: BotProfile | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        profile: BotProfile | None = None,
+        knowledge: Knowledge | None = None,
+    ) -> None:
         self.backend = backend
         self.profile = profile or BotProfile()
+        self.knowledge = knowledge
+
+    def ground(self, history: list[Message]) -> Grounding | None:
+        """Retrieve for this turn (the conversation so far); None without a knowledge base."""
+        return self.knowledge.ground(history) if self.knowledge else None
 
     @property
     def tokenizer(self) -> Any:
         return self.backend.tokenizer
 
     def build_prompt(
-        self, history: list[Message], options: GenerationOptions, system: str | None = None
+        self,
+        history: list[Message],
+        options: GenerationOptions,
+        system: str | None = None,
+        grounding: Grounding | None = None,
     ) -> tuple[list[int], int]:
         """Prompt ids for ``history`` (ending with a user turn) and how many turns were cut.
 
-        The system turn and few-shot examples always stay; the oldest exchanges go first
-        until the prompt plus ``max_new_tokens`` fits the context window.
+        The system turn (with the grounding's context block) and few-shot examples always
+        stay; the oldest exchanges go first until the prompt plus ``max_new_tokens`` fits.
         """
         sys_msg = self.profile.system_message(system)
+        if grounding and grounding.context:
+            text = f"{sys_msg.content}\n\n{grounding.context}" if sys_msg else grounding.context
+            sys_msg = Message("system", text)
         head = ([sys_msg] if sys_msg else []) + self.profile.example_messages()
         budget = self.backend.context_window - options.max_new_tokens
         turns = list(history)
@@ -165,14 +185,19 @@ class ChatEngine:
         cancel: threading.Event | None = None,
         stop: list[str] | None = None,
         prompt_ids: list[int] | None = None,
+        grounding: Grounding | None = None,
     ) -> Iterator[str]:
         """Yield the reply in pieces; stops at a stop string, EOS, max tokens or ``cancel``.
 
         ``stop`` adds to the profile's stop strings; ``prompt_ids`` skips rebuilding a
-        prompt the caller already built with :meth:`build_prompt`.
+        prompt the caller already built with :meth:`build_prompt`; a ``grounding`` from
+        :meth:`ground` adds its context, or is the whole reply (FAQ answer, "don't know").
         """
+        if grounding and grounding.reply is not None:
+            yield grounding.reply
+            return
         options = options or self.profile.generation
-        prompt = prompt_ids or self.build_prompt(history, options, system)[0]
+        prompt = prompt_ids or self.build_prompt(history, options, system, grounding)[0]
         stops = [*self.profile.stop, *(stop or [])]
         # Hold back as many characters as a stop string could have begun with, so a stop
         # string split across pieces is never shown.

@@ -8,6 +8,7 @@ examples:                      # few-shot turns placed before the conversation
     assistant: Yes, we ship to the United States and Canada.
 generation: {max_new_tokens: 160, temperature: 0.7}
 stop: ["\\nUser:"]
+knowledge: {k: 3, faq_answers: verbatim}   # used with --kb DIR (see knowledge.grounding)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from chattune.config import format_validation_error, load_yaml
 from chattune.data.types import Message
 from chattune.errors import ConfigError
+from chattune.knowledge.grounding import KnowledgeSettings
 from chattune.model.generation import GenerationOptions
 
 
@@ -39,6 +41,7 @@ class BotProfile(BaseModel):
     examples: list[Example] = Field(default_factory=list)
     generation: GenerationOptions = Field(default_factory=GenerationOptions)
     stop: list[str] = Field(default_factory=list)
+    knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
 
     def system_message(self, override: str | None = None) -> Message | None:
         """The system turn: the prompt (or ``override``) followed by the persona facts."""

@@ -64,8 +64,9 @@ def _answer(engine, history, system, write, interactive) -> str | None:
     pieces: list[str] = []
     if interactive:
         write(f"{engine.profile.name}> ")
+    grounding = engine.ground(history)
     try:
-        for piece in engine.stream(history, system=system, cancel=cancel):
+        for piece in engine.stream(history, system=system, cancel=cancel, grounding=grounding):
             pieces.append(piece)
             write(piece)
     except PromptTooLong as e:
@@ -75,7 +76,10 @@ def _answer(engine, history, system, write, interactive) -> str | None:
         cancel.set()
         write(" (stopped)")
     write("\n")
-    return "".join(pieces).strip()
+    reply = "".join(pieces).strip()
+    for s in grounding.sources(reply) if grounding else []:
+        write(f"  [{s['index']}] {s['source']}, {s['location']}\n")
+    return reply
 
 
 def save(history: list[Message], path: str, engine: ChatEngine, system: str | None) -> None:

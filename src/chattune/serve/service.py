@@ -17,6 +17,7 @@ from typing import Any
 
 from chattune.chat.engine import ChatEngine, PromptTooLong
 from chattune.data.types import Message
+from chattune.knowledge.grounding import Grounding
 from chattune.model.generation import GenerationOptions
 from chattune.serve.protocol import ChatCompletionRequest, chunk, completion, new_id
 from chattune.serve.store import Store
@@ -79,6 +80,11 @@ class Prepared:
     options: GenerationOptions
     prompt_ids: list[int]
     stop: list[str]
+    grounding: Grounding | None = None
+
+    def sources(self, text: str = "") -> dict[str, Any]:
+        """The response's ``sources`` field; absent when the server has no knowledge base."""
+        return {"sources": self.grounding.sources(text)} if self.grounding else {}
 
 
 class ChatService:
@@ -94,7 +100,10 @@ class ChatService:
         self.slots = Slots(max_concurrency, max_queue)
 
     def prepare(self, req: ChatCompletionRequest) -> Prepared:
-        """Turn a request into a prompt, or raise the 400 that names the bad field."""
+        """Turn a request into a prompt, or raise the 400 that names the bad field.
+
+        Blocking (retrieval embeds the question): the routes run it in a worker thread.
+        """
         system = "\n".join(m.content for m in req.messages if m.role == "system") or None
         history = [Message(m.role, m.content) for m in req.messages if m.role != "system"]
         options = self.engine.options(
@@ -117,8 +126,9 @@ class ChatService:
                 f"prompt in the model's {context}-token context",
                 param="max_tokens",
             )
+        grounding = self.engine.ground(history)
         try:
-            ids, _ = self.engine.build_prompt(history, options, system)
+            ids, _ = self.engine.build_prompt(history, options, system, grounding)
         except PromptTooLong as e:
             if e.prompt_tokens < context:
                 raise ApiError(
@@ -129,7 +139,7 @@ class ChatService:
                 ) from None
             raise ApiError(400, str(e), param="messages", code="context_length_exceeded") from None
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        return Prepared(history, system, options, ids, stop)
+        return Prepared(history, system, options, ids, stop, grounding)
 
     def _check_conversation(self, owner: str, conversation_id: str | None) -> None:
         if conversation_id and self.store.get_conversation(owner, conversation_id) is None:
@@ -156,35 +166,41 @@ class ChatService:
         if not conversation_id:
             return {}
         self.store.append(owner, conversation_id, "user", p.history[-1].content)
-        message_id = self.store.append(
-            owner, conversation_id, "assistant", text, {"finish_reason": finish}
-        )
+        meta = {"finish_reason": finish, **p.sources(text)}
+        message_id = self.store.append(owner, conversation_id, "assistant", text, meta)
         return {"conversation_id": conversation_id, "message_id": message_id}
 
     async def complete(self, req: ChatCompletionRequest, owner: str) -> dict[str, Any]:
-        p = self.prepare(req)
+        p = await asyncio.to_thread(self.prepare, req)
         self._check_conversation(owner, req.conversation_id)
         async with self.slots.hold():
             text = await asyncio.to_thread(
                 lambda: "".join(
                     self.engine.stream(
-                        p.history, p.options, p.system, stop=p.stop, prompt_ids=p.prompt_ids
+                        p.history,
+                        p.options,
+                        p.system,
+                        stop=p.stop,
+                        prompt_ids=p.prompt_ids,
+                        grounding=p.grounding,
                     )
                 )
             )
         text = text.strip()
         finish, usage = self._finish(p, text)
         extra = self._store_exchange(owner, req.conversation_id, p, text, finish)
-        return completion(self.model_name, text, finish, usage, extra)
+        return completion(self.model_name, text, finish, usage, {**extra, **p.sources(text)})
 
     async def stream(self, req: ChatCompletionRequest, owner: str) -> AsyncIterator[str]:
         """Server-sent events: role chunk, content chunks, final chunk, ``[DONE]``.
+
+        With a knowledge base the role chunk and the final chunk carry ``sources``.
 
         Validation happens before the first byte, so errors still get a proper status.
         If the client goes away, the generator is closed and generation stops at the next
         token, freeing the slot.
         """
-        p = self.prepare(req)
+        p = await asyncio.to_thread(self.prepare, req)
         self._check_conversation(owner, req.conversation_id)
         self.slots.check()  # a full queue is refused with a status, before any byte is sent
         return self._events(req, owner, p)
@@ -203,7 +219,7 @@ class ChatService:
         def work() -> None:
             try:
                 for piece in self.engine.stream(
-                    p.history, p.options, p.system, cancel, p.stop, p.prompt_ids
+                    p.history, p.options, p.system, cancel, p.stop, p.prompt_ids, p.grounding
                 ):
                     loop.call_soon_threadsafe(queue.put_nowait, piece)
                 loop.call_soon_threadsafe(queue.put_nowait, None)
@@ -213,7 +229,9 @@ class ChatService:
         worker = loop.run_in_executor(None, work)
         pieces: list[str] = []
         try:
-            yield _sse(chunk(cid, name, {"role": "assistant", "content": ""}))
+            # Sources come first (the page shows them while the reply streams); the final
+            # chunk repeats them with ``cited`` set from the finished reply.
+            yield _sse(chunk(cid, name, {"role": "assistant", "content": ""}, None, p.sources()))
             while (item := await queue.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
@@ -222,7 +240,7 @@ class ChatService:
             text = "".join(pieces).strip()
             finish, usage = self._finish(p, text)
             extra = self._store_exchange(owner, req.conversation_id, p, text, finish)
-            yield _sse(chunk(cid, name, {}, finish, {"usage": usage, **extra}))
+            yield _sse(chunk(cid, name, {}, finish, {"usage": usage, **extra, **p.sources(text)}))
             yield "data: [DONE]\n\n"
         finally:
             cancel.set()  # the client went away or we are done: stop at the next token

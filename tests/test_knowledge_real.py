@@ -1,0 +1,71 @@
+"""Knowledge with the real embedding model (all-MiniLM-L6-v2) on the demo's knowledge base.
+
+These pin the measured behaviour docs/knowledge.md reports: on paraphrased questions plain
+RRF ranks worse than dense retrieval and the gated hybrid does not; on keyword questions
+the hybrid is as good as the better of dense and BM25.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from chattune.data.types import Message
+from chattune.knowledge.evaluate import evaluate, read_questions
+from chattune.knowledge.grounding import Knowledge
+from chattune.knowledge.retrieve import Retriever
+from chattune.knowledge.store import KnowledgeBase
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def retriever(tmp_path_factory) -> Retriever:
+    kb = KnowledgeBase(tmp_path_factory.mktemp("kb"), create=True, embedder="minilm")
+    report = kb.add(["examples/support/kb"])
+    assert len(report.added) == 5 and not report.skipped
+    return Retriever(kb)
+
+
+def scores(retriever: Retriever, path: str) -> dict[str, dict[str, float]]:
+    questions = read_questions(path)
+    return {m: evaluate(retriever, questions, m) for m in ("hybrid", "dense", "bm25", "rrf")}
+
+
+def test_gated_fusion_is_never_worse_than_the_better_retriever(retriever) -> None:
+    para = scores(retriever, "examples/support/kb-paraphrases.jsonl")
+    for metric in ("hit@1", "hit@5", "mrr"):
+        assert para["hybrid"][metric] >= para["dense"][metric] >= para["bm25"][metric]
+    assert para["rrf"]["mrr"] < para["dense"]["mrr"]  # why plain RRF is not the default
+    keywords = scores(retriever, "examples/support/kb-keywords.jsonl")
+    for metric in ("hit@1", "mrr"):
+        best = max(keywords["dense"][metric], keywords["bm25"][metric])
+        assert keywords["hybrid"][metric] >= best
+    assert keywords["hybrid"]["mrr"] > keywords["dense"]["mrr"]  # BM25 earns its place
+    assert para["hybrid"]["latency_ms_p95"] < 200  # generous: CI machines vary; bench/ measures
+
+
+def test_follow_up_question_finds_the_passage_through_the_conversation(retriever) -> None:
+    knowledge = Knowledge(retriever)
+    opening = [Message("user", "Do you ship to Canada?"), Message("assistant", "Yes, we do.")]
+    follow_up = "How long does it take?"
+    assert "Canada" not in retriever.search(follow_up, k=1)[0].chunk.location  # names nothing
+    grounding = knowledge.ground([*opening, Message("user", follow_up)])
+    assert grounding.kind == "passages"
+    assert grounding.hits[0].chunk.location.startswith("Shipping policy > Canada")
+    cost = knowledge.ground([*opening, Message("user", "And how much does it cost?")])
+    canada = [h for h in cost.hits if h.chunk.location.startswith("Shipping policy > Canada")]
+    assert canada and "$12.99" in cost.context  # the Canadian rates reach the prompt
+
+
+def test_off_topic_after_on_topic_says_it_does_not_know(retriever) -> None:
+    knowledge = Knowledge(retriever)
+    history = [
+        Message("user", "Do you ship to Canada?"),
+        Message("assistant", "Yes, we ship to Canada."),
+        Message("user", "What is the capital of France?"),
+    ]
+    grounding = knowledge.ground(history)
+    assert grounding.kind == "no_answer" and grounding.reply.startswith("I'm sorry")
+    faq = knowledge.ground([Message("user", "How long do I have to return something?")])
+    assert faq.kind == "faq" and faq.hits[0].chunk.chunk.faq_id == "returns-window"
+    assert faq.reply.startswith("You can return unused items")
