@@ -201,8 +201,10 @@ def test_missing_and_empty_knowledge_bases_say_so(tmp_path) -> None:
     empty = KnowledgeBase(tmp_path / "empty", create=True, embedder="hashing")
     with pytest.raises(KnowledgeError, match="the knowledge base is empty"):
         Retriever(empty)
-    with pytest.raises(KnowledgeError, match="built with 'hashing'"):
+    with pytest.raises(KnowledgeError, match=r"--embedder minilm: .* was built with hashing"):
         KnowledgeBase(tmp_path / "empty", create=True, embedder="minilm")
+    with pytest.raises(KnowledgeError, match=r"--chunk-words 80: .* was built with 160"):
+        KnowledgeBase(tmp_path / "empty", max_words=80)
 
 
 def test_corrupted_index_is_detected_and_rebuild_restores_it(kb: KnowledgeBase) -> None:

@@ -64,6 +64,27 @@ def test_openai_client_plain_and_streaming(tiny_app) -> None:
         assert e.value.body["param"] == "temperature"
 
 
+def test_openai_client_receives_sources_with_a_knowledge_base(tiny_model_dir, tmp_path) -> None:
+    from openai import OpenAI
+
+    doc = tmp_path / "shipping.md"
+    doc.write_text("# Shipping\n\n## Canada\n\nDelivery to Canada costs $12.99.\n")
+    kb = KnowledgeBase(tmp_path / "kb", create=True, embedder="hashing")
+    kb.add([doc])
+    settings = KnowledgeSettings(min_similarity=0.0, min_topic_similarity=0.0)
+    backend = TransformersBackend(*load_model(str(tiny_model_dir)))
+    engine = ChatEngine(backend, knowledge=Knowledge(Retriever(kb), settings))
+    app = build_app(engine, Store(str(tmp_path / "chat.db")), "tiny", [])
+    with live_server(app) as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        ask = {"model": "tiny", "messages": [{"role": "user", "content": "Canada delivery?"}]}
+        reply = client.chat.completions.create(**ask, max_tokens=4)
+        (source,) = reply.model_extra["sources"]
+        assert source["location"].startswith("Shipping > Canada") and "$12.99" in source["text"]
+        first = next(iter(client.chat.completions.create(**ask, max_tokens=4, stream=True)))
+        assert first.model_extra["sources"][0]["location"] == source["location"]
+
+
 def test_web_page_in_a_real_browser(tokenizer, tmp_path) -> None:
     """Type, watch the reply stream in, give feedback, reload, find the conversation."""
     chromium = shutil.which("chromium")

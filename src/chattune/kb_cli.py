@@ -165,10 +165,8 @@ def add_parser(verbs: Any) -> None:
         help="minilm (default), hashing, or a sentence-transformers folder; "
         "fixed when the knowledge base is created",
     )
-    add.add_argument("--chunk-words", type=int, default=160, help="at most this many words a chunk")
-    add.add_argument(
-        "--overlap-words", type=int, default=32, help="words shared by adjacent chunks"
-    )
+    add.add_argument("--chunk-words", type=int, help="at most this many words a chunk (160)")
+    add.add_argument("--overlap-words", type=int, help="words shared by adjacent chunks (32)")
     parsers["kb remove"].add_argument("paths", nargs="+")
     for verb in ("kb list", "kb stats", "kb search", "kb eval"):
         parsers[verb].add_argument("--json", action="store_true", help="machine-readable output")

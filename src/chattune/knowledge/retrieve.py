@@ -141,24 +141,29 @@ class Retriever:
         elif mode == "bm25":
             ranked = [(i, lexical_scores[i]) for i in lexical]
         else:
-            weight = 1.0
-            if mode == "hybrid":
-                weight = 0.0
-                if lexical:
-                    best = self.kb.chunks([lexical[0]])[lexical[0]].chunk.index_text
-                    weight = lexical_gate(set(terms), set(tokenize([best])[0]), self.gate_floor)
-            fused = rrf([dense, lexical], [1.0, weight], self.rrf_k)
-            # Ties go to the dense ranking, unless the best BM25 passage holds every query
-            # term (weight 1): then the lexical evidence is the stronger of the two.
-            lexical_first = mode == "hybrid" and weight >= 1.0
-            order = {i: r for r, i in enumerate(lexical if lexical_first else dense)}
-            ranked = sorted(fused.items(), key=lambda kv: (-kv[1], order.get(kv[0], n)))
+            ranked = self._fuse(dense, lexical, set(terms), gated=mode == "hybrid")
         top = ranked[:k]
         chunks = self.kb.chunks([i for i, _ in top])
         for i, _ in top:
             if i not in similarity:  # a lexical-only hit: its exact cosine, from the index
                 similarity[i] = float(idx.dense.reconstruct(i) @ v[0])
         return [Hit(chunks[i], s, similarity[i], lexical_scores.get(i, 0.0)) for i, s in top]
+
+    def _fuse(
+        self, dense: list[int], lexical: list[int], terms: set[str], gated: bool
+    ) -> list[tuple[int, float]]:
+        """Plain RRF, or with ``gated`` the lexical ranking weighted by :func:`lexical_gate`."""
+        weight = 1.0
+        if gated:
+            weight = 0.0
+            if lexical:
+                best = self.kb.chunks([lexical[0]])[lexical[0]].chunk.index_text
+                weight = lexical_gate(terms, set(tokenize([best])[0]), self.gate_floor)
+        fused = rrf([dense, lexical], [1.0, weight], self.rrf_k)
+        # Ties go to the dense ranking, unless the best BM25 passage holds every query term
+        # (gate fully open): then the lexical evidence is the stronger of the two.
+        order = {i: r for r, i in enumerate(lexical if gated and weight >= 1.0 else dense)}
+        return sorted(fused.items(), key=lambda kv: (-kv[1], order.get(kv[0], len(order))))
 
     def _bm25(self, terms: list[str]) -> dict[int, float]:
         """BM25 score per chunk id, for chunks sharing a term with the query."""

@@ -83,8 +83,8 @@ class KnowledgeBase:
         folder: str | Path,
         create: bool = False,
         embedder: str | None = None,
-        max_words: int = 160,
-        overlap_words: int = 32,
+        max_words: int | None = None,
+        overlap_words: int | None = None,
     ) -> None:
         self.folder = Path(folder)
         db = self.folder / DB
@@ -104,22 +104,22 @@ class KnowledgeBase:
             raise KnowledgeError(
                 f"--kb {self.folder}: {db} is not a readable database ({e})"
             ) from None
-        given = {
-            "embedder": embedder or DEFAULT_EMBEDDER,
-            "max_words": str(max_words),
-            "overlap_words": str(overlap_words),
-            "generation": "0",
-        }
+        if max_words is not None and not 0 <= (overlap_words or 0) < max_words:
+            raise KnowledgeError(f"--overlap-words must be below --chunk-words ({max_words})")
+        given = {"embedder": embedder, "max_words": max_words, "overlap_words": overlap_words}
+        defaults = {"embedder": DEFAULT_EMBEDDER, "max_words": 160, "overlap_words": 32}
         with self.db:
-            for key, value in given.items():
-                self.db.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", (key, value))
+            for key, value in {**defaults, "generation": 0}.items():
+                value = given.get(key) if given.get(key) is not None else value
+                self.db.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", (key, str(value)))
         self.settings = dict(self.db.execute("SELECT key, value FROM settings"))
-        if embedder and embedder != self.settings["embedder"]:
-            raise KnowledgeError(
-                f"--embedder {embedder}: {self.folder} was built with "
-                f"{self.settings['embedder']!r}; vectors of two models don't mix "
-                "(use a new --kb folder)"
-            )
+        for key, value in given.items():  # fixed at creation: chunks and vectors must agree
+            if value is not None and str(value) != self.settings[key]:
+                flag = {"max_words": "chunk-words"}.get(key, key).replace("_", "-")
+                raise KnowledgeError(
+                    f"--{flag} {value}: {self.folder} was built with {self.settings[key]}; "
+                    "that is fixed when a knowledge base is created (use a new --kb folder)"
+                )
         self._embedder: Embedder | None = None
         self._indexes: index.Indexes | None = None
 
