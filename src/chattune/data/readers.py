@@ -59,7 +59,8 @@ def read_text(path: str | Path) -> str:
     return text
 
 
-def _jsonl_records(path: Path, text: str, problems: list[str]) -> Iterator[Record]:
+def jsonl_records(path: Path, text: str, problems: list[str]) -> Iterator[Record]:
+    """(line number, parsed value) per non-blank line; bad JSON goes to ``problems``."""
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -98,7 +99,7 @@ def _json_array_records(path: Path, text: str, problems: list[str]) -> Iterator[
 def _records(path: Path, text: str, problems: list[str]) -> Iterator[Record]:
     if path.suffix.lower() == ".json":
         return _json_array_records(path, text, problems)
-    return _jsonl_records(path, text, problems)
+    return jsonl_records(path, text, problems)
 
 
 def _conversation(

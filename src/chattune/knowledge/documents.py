@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from chattune.data.readers import jsonl_records
 from chattune.errors import DataError
 
 #: file suffix -> format; anything else is skipped with a warning.
@@ -174,18 +174,11 @@ def read_faq(text: str, path: Path) -> list[Block]:
     rows: list[tuple[int, dict[str, object]]] = []
     problems: list[str] = []
     if path.suffix.lower() == ".jsonl":
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append(f"{path}:{n}: invalid JSON ({e.msg})")
-                continue
-            if not isinstance(row, dict):
+        for n, row in jsonl_records(path, text, problems):
+            if isinstance(row, dict):
+                rows.append((n, row))
+            else:
                 problems.append(f"{path}:{n}: expected an object with question and answer")
-                continue
-            rows.append((n, row))
     else:
         reader = csv.DictReader(io.StringIO(text), delimiter="\t" if path.suffix == ".tsv" else ",")
         columns = {c.strip().lower() for c in reader.fieldnames or []}

@@ -12,13 +12,13 @@ may be given when an FAQ entry and a document both answer the question.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from chattune.data.readers import jsonl_records
 from chattune.errors import DataError
 from chattune.knowledge.retrieve import Hit, Mode, Retriever
 
@@ -42,14 +42,7 @@ def read_questions(path: str | Path) -> list[Question]:
     if not path.is_file():
         raise DataError([f"--data {path}: no such file"])
     questions, problems = [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(f"{path}:{n}: invalid JSON ({e.msg})")
-            continue
+    for n, row in jsonl_records(path, path.read_text(encoding="utf-8"), problems):
         if not isinstance(row, dict) or not str(row.get("question") or "").strip():
             problems.append(f"{path}:{n}: needs a non-empty 'question'")
             continue
