@@ -29,20 +29,25 @@ def _open(args: argparse.Namespace, create: bool = False) -> Any:
     return KnowledgeBase(args.kb)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def cmd_kb_add(args: argparse.Namespace) -> int:
     """Add or update documents (Markdown, text, HTML, PDF) and FAQ files (CSV/JSONL with
     question, answer, id); folders are searched recursively. Unchanged files are skipped."""
     kb = _open(args, create=True)
     report = kb.add(args.paths)
     for name, n in report.added:
-        print(f"added     {name} ({n} chunks)")
+        print(f"added     {name} ({_count(n, 'chunk')})")
     for name, n in report.replaced:
-        print(f"replaced  {name} ({n} chunks)")
+        print(f"replaced  {name} ({_count(n, 'chunk')})")
     for name in report.unchanged:
         print(f"unchanged {name}")
     for name, why in report.skipped:
         print(f"skipped   {name}: {why}")
-    print(f"{kb.count()} chunks from {len(kb.sources())} sources in {args.kb}")
+    sources = _count(len(kb.sources()), "source")
+    print(f"{_count(kb.count(), 'chunk')} from {sources} in {args.kb}")
     return 0
 
 
@@ -51,7 +56,7 @@ def cmd_kb_remove(args: argparse.Namespace) -> int:
     kb = _open(args)
     for name in kb.remove(args.paths):
         print(f"removed {name}")
-    print(f"{kb.count()} chunks left")
+    print(f"{_count(kb.count(), 'chunk')} left")
     return 0
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +40,21 @@ class KnowledgeError(ChattuneError):
     """A knowledge base is missing, empty, corrupted or used with the wrong embedder."""
 
 
+def _import_bm25s() -> Any:
+    """bm25s, with its logger put back to WARNING: on import it sets itself to DEBUG, which
+    overrides the level the CLI chose and prints "Building index from tokens" on every add."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
 def tokenize(texts: list[str]) -> list[list[str]]:
     """BM25 terms: lower-cased words, English stop words out, Snowball-stemmed."""
-    import bm25s
     import Stemmer
     from bm25s.stopwords import STOPWORDS_EN_PLUS
 
-    return bm25s.tokenize(
+    return _import_bm25s().tokenize(
         texts,
         stopwords=list(STOPWORDS_EN_PLUS),
         stemmer=_stemmer(Stemmer),
@@ -76,8 +85,9 @@ def build(
     folder: Path, generation: int, ids: np.ndarray, vectors: np.ndarray, texts: list[str]
 ) -> None:
     """Write fresh indexes for these chunks into ``folder/index``, replacing the old ones."""
-    import bm25s
     import faiss
+
+    bm25s = _import_bm25s()
 
     tmp = folder / (INDEX_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -107,8 +117,9 @@ def build(
 
 def load(folder: Path, generation: int, chunks: int) -> Indexes:
     """Open and verify the indexes; :class:`KnowledgeError` names what is wrong and the fix."""
-    import bm25s
     import faiss
+
+    bm25s = _import_bm25s()
 
     where = folder / INDEX_DIR
     fix = f"run `chattune kb rebuild --kb {folder}` to rebuild it from the stored chunks"
