@@ -426,6 +426,8 @@ def test_serve_sources_are_stored_in_sqlite(kb, tokenizer, tmp_path) -> None:
     assert client.post("/v1/chat/completions", json=ask).json()["choices"][0]["message"][
         "content"
     ] == ("No, gift cards never expire. [1]")
+    usage = client.post("/v1/chat/completions", json={**ask, "conversation_id": None}).json()
+    assert usage["usage"]["total_tokens"] == 0  # a stored answer: the model processed nothing
     (meta,) = (
         sqlite3.connect(tmp_path / "s.db")
         .execute("select meta from messages where role='assistant'")

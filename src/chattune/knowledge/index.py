@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,13 +64,15 @@ def tokenize(texts: list[str]) -> list[list[str]]:
     )
 
 
-_STEMMERS: dict[str, Any] = {}
+_LOCAL = threading.local()
 
 
 def _stemmer(module: Any) -> Any:
-    if "en" not in _STEMMERS:
-        _STEMMERS["en"] = module.Stemmer("english")
-    return _STEMMERS["en"]
+    """One Snowball stemmer per thread: PyStemmer objects must not be shared between threads
+    (the server retrieves in worker threads)."""
+    if not hasattr(_LOCAL, "stemmer"):
+        _LOCAL.stemmer = module.Stemmer("english")
+    return _LOCAL.stemmer
 
 
 @dataclass

@@ -151,6 +151,8 @@ class ChatService:
             )
 
     def _finish(self, p: Prepared, text: str) -> tuple[str, dict[str, int]]:
+        if p.grounding and p.grounding.reply is not None:  # FAQ answer or "don't know"
+            return "stop", {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         n = len(self.engine.tokenizer(text, add_special_tokens=False)["input_ids"])
         finish = "length" if n >= p.options.max_new_tokens else "stop"
         usage = {
