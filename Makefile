@@ -36,7 +36,8 @@ demo: setup
 		--data examples/support/val.jsonl --max-examples 40 --max-new-tokens 96 \
 		--json $(DEMO)/eval/metrics.json --report $(DEMO)/eval/report.html
 	$(BIN)/chattune kb add examples/support/kb --kb $(DEMO)/kb
-	$(BIN)/chattune kb eval --kb $(DEMO)/kb --data examples/support/kb-paraphrases.jsonl
+	$(BIN)/chattune kb eval --kb $(DEMO)/kb --profile examples/support/bot.yaml \
+		--data examples/support/kb-paraphrases.jsonl --data examples/support/kb-unanswerable.jsonl
 	printf '%s\n' "Do you ship to Canada?" "How long does it take?" \
 		"How heavy is the Ridgeline 2 tent?" "Do gift cards expire?" \
 		"What is the capital of France?" | \

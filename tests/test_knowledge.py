@@ -383,8 +383,10 @@ def test_kb_commands_end_to_end(docs: Path, tmp_path: Path) -> None:
     )
     ev = run_cli("kb", "eval", "--kb", kb, "--data", str(questions), "--json")
     results = json.loads(ev.stdout)
-    assert set(results) == {"hybrid", "dense", "bm25", "rrf"}
-    assert results["hybrid"]["hit@1"] == 1.0 and results["hybrid"]["latency_ms_p95"] > 0
+    assert set(results["retrieval"]) == {"hybrid", "dense", "bm25", "rrf"}
+    hybrid = results["retrieval"]["hybrid"]
+    assert hybrid["hit@1"] == 1.0 and hybrid["latency_ms_p95"] > 0
+    assert results["grounding"]["answerable"] == 2 and results["grounding"]["unanswerable"] == 0
     stats = json.loads(run_cli("kb", "stats", "--kb", kb, "--json").stdout)
     assert stats["chunks"] == 4 and stats["embedder"] == "hashing"
     removed = run_cli("kb", "remove", str(docs / "returns.md"), "--kb", kb)
@@ -396,9 +398,19 @@ def test_kb_commands_end_to_end(docs: Path, tmp_path: Path) -> None:
     assert run_cli("kb", "rebuild", "--kb", kb).returncode == 0
     assert run_cli("kb", "search", "x", "--kb", kb).returncode == 0
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"question": "no gold"}\n')
+    bad.write_text(
+        '{"question": "no gold"}\n'
+        '{"question": "x", "answerable": false, "source": "a.md"}\n'
+        '{"question": "Who painted the Mona Lisa?", "answerable": false}\n'
+    )
     wrong = run_cli("kb", "eval", "--kb", kb, "--data", str(bad))
     assert wrong.returncode == 2 and "bad.jsonl:1: needs 'faq_id' and/or 'source'" in wrong.stderr
+    assert "bad.jsonl:2: 'answerable': false takes no faq_id or source" in wrong.stderr
+    off = tmp_path / "off.jsonl"
+    off.write_text('{"question": "Who painted the Mona Lisa?", "answerable": false}\n')
+    declined = run_cli("kb", "eval", "--kb", kb, "--data", str(questions), "--data", str(off))
+    assert "2 answerable, 1 unanswerable questions" in declined.stdout, declined.stderr
+    assert "of unanswerable ones" in declined.stdout
 
 
 def test_chat_cli_with_a_knowledge_base_prints_sources(kb: KnowledgeBase, tiny_model_dir) -> None:

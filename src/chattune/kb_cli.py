@@ -117,26 +117,37 @@ def cmd_kb_search(args: argparse.Namespace) -> int:
 
 
 def cmd_kb_eval(args: argparse.Namespace) -> int:
-    """hit@1, hit@5, MRR and latency on questions with gold FAQ ids or sources;
-    --mode all compares hybrid, dense, bm25 and plain RRF."""
-    from chattune.knowledge.evaluate import evaluate, read_questions
+    """Retrieval (hit@1, hit@5, MRR, latency; --mode all compares hybrid, dense, bm25 and
+    plain RRF) on questions with gold FAQ ids or sources, and how often the bot answers
+    answerable questions and declines unanswerable ones at the profile's thresholds."""
+    from chattune.chat.profile import load_profile
+    from chattune.knowledge.evaluate import abstention, evaluate, read_questions
+    from chattune.knowledge.grounding import Knowledge
     from chattune.knowledge.retrieve import MODES, Retriever
 
-    questions = read_questions(args.data)
+    questions = [q for path in args.data for q in read_questions(path)]
     retriever = Retriever(_open(args))
     retriever.search(questions[0].text)  # warm-up: the first query pays one-off costs
     modes = MODES if args.mode == "all" else (args.mode,)
-    results = {mode: evaluate(retriever, questions, mode) for mode in modes}
+    answerable = [q for q in questions if q.answerable]
+    retrieval = {m: evaluate(retriever, questions, m) for m in modes} if answerable else {}
+    grounding = abstention(Knowledge(retriever, load_profile(args.profile).knowledge), questions)
     if args.json:
-        print(json.dumps(results, indent=1))
+        print(json.dumps({"retrieval": retrieval, "grounding": grounding}, indent=1))
         return 0
-    print(f"{len(questions)} questions from {args.data}")
-    print(f"{'mode':<8} {'hit@1':>6} {'hit@5':>6} {'MRR':>6} {'p50 ms':>7} {'p95 ms':>7}")
-    for mode, r in results.items():
+    print(f"{len(answerable)} answerable, {grounding['unanswerable']} unanswerable questions")
+    if retrieval:
+        print(f"{'mode':<8} {'hit@1':>6} {'hit@5':>6} {'MRR':>6} {'p50 ms':>7} {'p95 ms':>7}")
+    for mode, r in retrieval.items():
         print(
             f"{mode:<8} {r['hit@1']:>6.3f} {r['hit@5']:>6.3f} {r['mrr']:>6.3f} "
             f"{r['latency_ms_p50']:>7.1f} {r['latency_ms_p95']:>7.1f}"
         )
+    if answerable:
+        print(f"answered {grounding['answered']:.1%} of answerable questions", end="")
+    if grounding["unanswerable"]:
+        print(f"; declined {grounding['declined']:.1%} of unanswerable ones", end="")
+    print(" (the profile's thresholds; see docs/knowledge.md)")
     return 0
 
 
@@ -180,5 +191,11 @@ def add_parser(verbs: Any) -> None:
     search.add_argument("--k", type=int, default=5)
     search.add_argument("--mode", choices=MODES, default="hybrid")
     ev = parsers["kb eval"]
-    ev.add_argument("--data", required=True, help="JSONL: question + faq_id and/or source")
+    ev.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        help="JSONL: question + faq_id and/or source, or answerable: false (repeatable)",
+    )
+    ev.add_argument("--profile", help="bot profile whose knowledge thresholds to score")
     ev.add_argument("--mode", choices=[*MODES, "all"], default="all")

@@ -1,9 +1,12 @@
-"""``chattune kb eval``: does retrieval find the passage that answers each question?
+"""``chattune kb eval``: does retrieval find the passage that answers each question, and
+does the bot answer the questions it can and decline the ones it can't?
 
-A questions file is JSONL, one question per line with its gold answer location(s):
+A questions file is JSONL, one question per line with its gold answer location(s), or
+marked as one the knowledge base cannot answer:
 
     {"question": "Is there a deadline for returns?", "faq_id": "returns-window"}
     {"question": "How heavy is the tent?", "source": "products.html"}
+    {"question": "Who won the world cup?", "answerable": false}
 
 ``faq_id`` and ``source`` may be strings or lists; a hit is gold when it is one of the FAQ
 entries or comes from one of the sources (a path, matched on its trailing components). Both
@@ -19,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from chattune.data.readers import jsonl_records
+from chattune.data.types import Message
 from chattune.errors import DataError
+from chattune.knowledge.grounding import Knowledge
 from chattune.knowledge.retrieve import Hit, Mode, Retriever
 
 
@@ -28,6 +33,7 @@ class Question:
     text: str
     faq_ids: frozenset[str]
     sources: tuple[str, ...]
+    answerable: bool = True
 
     def is_gold(self, hit: Hit) -> bool:
         if hit.chunk.chunk.faq_id is not None and hit.chunk.chunk.faq_id in self.faq_ids:
@@ -47,6 +53,12 @@ def read_questions(path: str | Path) -> list[Question]:
             problems.append(f"{path}:{n}: needs a non-empty 'question'")
             continue
         faq, src = _strings(row.get("faq_id")), _strings(row.get("source"))
+        if row.get("answerable", True) is False:
+            if faq or src:
+                problems.append(f"{path}:{n}: 'answerable': false takes no faq_id or source")
+            else:
+                questions.append(Question(row["question"].strip(), frozenset(), (), False))
+            continue
         if faq is None or src is None or not (faq or src):
             problems.append(
                 f"{path}:{n}: needs 'faq_id' and/or 'source' (a string or a list of strings)"
@@ -73,11 +85,13 @@ def _strings(value: object) -> list[str] | None:
 def evaluate(
     retriever: Retriever, questions: list[Question], mode: Mode = "hybrid", k: int = 10
 ) -> dict[str, float]:
-    """hit@1, hit@5, MRR (over the top ``k``) and per-query latency in milliseconds.
+    """hit@1, hit@5, MRR (over the top ``k``) and per-query latency in milliseconds, over
+    the answerable questions.
 
     Latency covers everything a chat turn pays for retrieval: embedding the question,
     both searches, fusion and reading the passages back.
     """
+    questions = [q for q in questions if q.answerable]
     ranks, latencies = [], []
     for q in questions:
         start = time.perf_counter()
@@ -92,4 +106,28 @@ def evaluate(
         "mrr": sum(1 / r for r in ranks if r) / n,
         "latency_ms_p50": float(np.percentile(latencies, 50)),
         "latency_ms_p95": float(np.percentile(latencies, 95)),
+    }
+
+
+def abstention(knowledge: Knowledge, questions: list[Question]) -> dict[str, float | int]:
+    """How the bot's grounding decision fares, each question asked on its own.
+
+    ``answered``: answerable questions that got passages or an FAQ answer (not "don't know");
+    ``declined``: unanswerable ones that got "don't know". The rest reach the model with
+    passages that do not hold the answer, where only the prompt's instruction stands
+    between it and an invented answer.
+    """
+    answerable = [q for q in questions if q.answerable]
+    unanswerable = [q for q in questions if not q.answerable]
+
+    def declines(q: Question) -> bool:
+        return knowledge.ground([Message("user", q.text)]).kind == "no_answer"
+
+    answered = sum(not declines(q) for q in answerable)
+    declined = sum(declines(q) for q in unanswerable)
+    return {
+        "answerable": len(answerable),
+        "answered": answered / len(answerable) if answerable else float("nan"),
+        "unanswerable": len(unanswerable),
+        "declined": declined / len(unanswerable) if unanswerable else float("nan"),
     }
