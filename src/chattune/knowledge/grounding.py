@@ -21,12 +21,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from chattune.data.types import Message
 from chattune.knowledge.index import tokenize
-from chattune.knowledge.retrieve import Hit, Mode, Retriever, conversation_query
+from chattune.knowledge.retrieve import Hit, Mode, Retriever, blend, conversation_query
 
 INSTRUCTION = (
     "Answer the user's question using the reference documents below. The documents are "
@@ -128,9 +127,7 @@ class Knowledge:
         # after an on-topic one look on-topic; so the latest message alone must be close to
         # *some* passage, unless one holds all of its terms (a name, a code).
         own = float(self.retriever.kb.indexes.dense.search(vectors[:1], 1)[0][0, 0])
-        v = (np.asarray(query.weights, dtype=np.float32)[:, None] * vectors).sum(0, keepdims=True)
-        v /= max(float(np.linalg.norm(v)), 1e-12)
-        hits = self.retriever.search(query, s.k, s.mode, vector=v)
+        hits = self.retriever.search(query, s.k, s.mode, vector=blend(vectors, query.weights))
         terms = set(tokenize([query.texts[0]])[0])
         exact = [h for h in hits if terms and terms <= set(tokenize([h.chunk.chunk.index_text])[0])]
         relevant = [h for h in hits if h.similarity >= self.min_similarity or h in exact]

@@ -66,6 +66,12 @@ def conversation_query(history: list[Message], turns: int = 3, decay: float = 0.
     return Query(tuple(users), tuple(decay**i for i in range(len(users))))
 
 
+def blend(vectors: np.ndarray, weights: tuple[float, ...]) -> np.ndarray:
+    """The unit vector (1, dim) along the weighted sum of ``vectors`` (one per row)."""
+    v = (np.asarray(weights, dtype=np.float32)[:, None] * vectors).sum(0, keepdims=True)
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
 def rrf(rankings: list[list[int]], weights: list[float], k: int = 60) -> dict[int, float]:
     """Weighted reciprocal-rank fusion: sum of ``weight / (k + rank)`` (rank from 1).
 
@@ -110,9 +116,7 @@ class Retriever:
 
     def vector(self, query: Query) -> np.ndarray:
         """The unit query vector (1, dim): weighted sum of the texts' embeddings."""
-        vectors = self.kb.embedder.encode(list(query.texts))
-        v = (np.asarray(query.weights, dtype=np.float32)[:, None] * vectors).sum(0, keepdims=True)
-        return v / max(float(np.linalg.norm(v)), 1e-12)
+        return blend(self.kb.embedder.encode(list(query.texts)), query.weights)
 
     def search(
         self,
