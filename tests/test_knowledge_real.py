@@ -41,7 +41,6 @@ def test_gated_fusion_is_never_worse_than_the_better_retriever(retriever) -> Non
         best = max(keywords["dense"][metric], keywords["bm25"][metric])
         assert keywords["hybrid"][metric] >= best
     assert keywords["hybrid"]["mrr"] > keywords["dense"]["mrr"]  # BM25 earns its place
-    assert para["hybrid"]["latency_ms_p95"] < 200  # generous: CI machines vary; bench/ measures
 
 
 def test_follow_up_question_finds_the_passage_through_the_conversation(retriever) -> None:
