@@ -38,7 +38,7 @@ class Hit:
     chunk: StoredChunk
     score: float
     similarity: float
-    lexical: float
+    lexical: float  # BM25 score if among BM25's candidates (never in dense mode), else 0
 
 
 @dataclass(frozen=True)
@@ -133,19 +133,16 @@ class Retriever:
         sims, ids = idx.dense.search(v, n)
         dense = [int(i) for i in ids[0] if i >= 0]
         similarity = {i: float(s) for i, s in zip(dense, sims[0], strict=False)}
-        terms = [t for text in query.texts for t in tokenize([text])[0]]
-        lexical_scores = self._bm25(terms)
-        lexical = [
-            i
-            for i in sorted(lexical_scores, key=lexical_scores.get, reverse=True)
-            if lexical_scores[i] > 0
-        ][:n]
-        if mode == "dense":
+        if mode == "dense":  # no BM25 work for a mode that does not read it
             ranked = [(i, similarity[i]) for i in dense]
-        elif mode == "bm25":
-            ranked = [(i, lexical_scores[i]) for i in lexical]
+            lexical_scores: dict[int, float] = {}
         else:
-            ranked = self._fuse(dense, lexical, set(terms), gated=mode == "hybrid")
+            terms = [t for text in query.texts for t in tokenize([text])[0]]
+            lexical, lexical_scores = self._bm25(terms, n)
+            if mode == "bm25":
+                ranked = [(i, lexical_scores[i]) for i in lexical]
+            else:
+                ranked = self._fuse(dense, lexical, set(terms), gated=mode == "hybrid")
         top = ranked[:k]
         chunks = self.kb.chunks([i for i, _ in top])
         for i, _ in top:
@@ -169,15 +166,16 @@ class Retriever:
         order = {i: r for r, i in enumerate(lexical if gated and weight >= 1.0 else dense)}
         return sorted(fused.items(), key=lambda kv: (-kv[1], order.get(kv[0], len(order))))
 
-    def _bm25(self, terms: list[str]) -> dict[int, float]:
-        """BM25 score per chunk id, for chunks sharing a term with the query."""
+    def _bm25(self, terms: list[str], n: int) -> tuple[list[int], dict[int, float]]:
+        """The ``n`` best chunk ids by BM25 (score > 0), best first, and their scores."""
         idx = self.kb.indexes
         known = [t for t in terms if idx.bm25 is not None and t in idx.bm25.vocab_dict]
         if not known:
-            return {}
+            return [], {}
         scores = idx.bm25.get_scores(known)
-        hit = np.flatnonzero(scores > 0)
-        return {int(idx.ids[j]): float(scores[j]) for j in hit}
+        best = [j for j in np.argsort(-scores, kind="stable")[:n] if scores[j] > 0]
+        ranked = [int(idx.ids[j]) for j in best]
+        return ranked, {i: float(scores[j]) for i, j in zip(ranked, best, strict=True)}
 
     def faq_match(self, vector: np.ndarray) -> tuple[StoredChunk, float] | None:
         """The FAQ entry whose *question* is closest to the query, with its cosine."""
