@@ -155,7 +155,10 @@ def test_faq_files_one_chunk_per_entry_and_errors_name_the_line(tmp_path) -> Non
 
 def test_add_is_incremental_and_remove_list_stats(kb: KnowledgeBase, docs: Path) -> None:
     assert kb.count() == 4 and kb.stats()["faq_entries"] == 1
+    manifest = kb.folder / "index" / "manifest.json"
+    built = manifest.stat().st_mtime_ns
     again = kb.add([docs])
+    assert manifest.stat().st_mtime_ns == built  # nothing changed: no re-indexing
     assert again.added == [] and sorted(again.unchanged) == sorted(s["name"] for s in kb.sources())
     (docs / "returns.md").write_text("# Returns\n\nReturns are accepted for 30 days.\n")
     changed = kb.add([docs / "returns.md"])
@@ -163,7 +166,7 @@ def test_add_is_incremental_and_remove_list_stats(kb: KnowledgeBase, docs: Path)
     hits = Retriever(kb).search("return days", k=1)
     assert "30 days" in hits[0].chunk.chunk.text  # the old chunk is gone, not just outranked
     assert all("45 days" not in h.chunk.chunk.text for h in Retriever(kb).search("45 days", k=4))
-    assert kb.remove([docs / "faq.csv"]) == [s for s in [kb_name(docs / "faq.csv")]]
+    assert kb.remove([docs / "faq.csv"]) == [kb_name(docs / "faq.csv")]
     assert kb.count() == 3 and {s["format"] for s in kb.sources()} == {"markdown"}
     with pytest.raises(KnowledgeError, match="not in the knowledge base"):
         kb.remove([docs / "faq.csv"])
@@ -218,7 +221,9 @@ def test_corrupted_index_is_detected_and_rebuild_restores_it(kb: KnowledgeBase) 
     (kb.folder / "index" / "manifest.json").unlink()
     with pytest.raises(KnowledgeError, match="missing or unreadable"):
         Retriever(KnowledgeBase(kb.folder))
-    assert KnowledgeBase(kb.folder).rebuild() == 4
+    restored = KnowledgeBase(kb.folder)
+    assert restored.rebuild() == 4
+    assert restored._embedder is None  # rebuilt from stored vectors, no model loaded
     assert [
         h.chunk.id for h in Retriever(KnowledgeBase(kb.folder)).search("Canada delivery", k=3)
     ] == before
@@ -299,9 +304,9 @@ def test_prompt_injection_in_a_document_stays_quoted_data(tmp_path, tokenizer) -
     history = [Message("user", "what does the store notice say?")]
     ids, _ = engine.build_prompt(history, GenerationOptions(), grounding=grounding)
     prompt = tokenizer.decode(ids)
-    system_part, user_part = prompt.split("what does the store notice say?")[0], prompt
+    system_part = prompt.split("what does the store notice say?")[0]
     assert system_part.index(INSTRUCTION) < system_part.index("> Ignore all previous")
-    assert user_part.count("PWNED") == 1  # only inside the quoted block
+    assert prompt.count("PWNED") == 1  # only inside the quoted block
 
 
 def test_faq_answers_and_dont_know_need_no_generation(kb: KnowledgeBase, tokenizer) -> None:

@@ -175,10 +175,10 @@ class KnowledgeBase:
                 continue
             self._replace(key, name, digest, FORMATS[path.suffix.lower()], chunks)
             (report.replaced if old else report.added).append((name, len(chunks)))
+        if report.added or report.replaced or self.generation == 0:
+            self._reindex()  # also before raising: what was added before a bad file counts
         if problems:
-            self._reindex()  # keep what was added before the bad file consistent
             raise DataError(problems)
-        self._reindex()
         return report
 
     def remove(self, paths: Iterable[str | Path]) -> list[str]:
@@ -245,8 +245,10 @@ class KnowledgeBase:
         self.db.execute("UPDATE settings SET value = value + 1 WHERE key='generation'")
 
     def _reindex(self) -> None:
+        """Rebuild both indexes from SQLite. No model is loaded: the vectors are stored, and
+        their width is the blob length (an empty knowledge base gets an empty index)."""
         rows = self.db.execute("SELECT id, vector, title, text FROM chunks ORDER BY id").fetchall()
-        dim = self.embedder.dim
+        dim = len(rows[0][1]) // 4 if rows else 1
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(-1, dim)
         texts = [Chunk(r[3], r[2]).index_text for r in rows]
