@@ -10,23 +10,13 @@ import logging
 import os
 import signal
 import sys
-import warnings
 from collections.abc import Callable
 
 from chattune import kb_cli
 from chattune.errors import ChattuneError
+from chattune.model.loading import quiet_transformers
 
 log = logging.getLogger("chattune")
-
-
-def _quiet_hf() -> None:
-    """Hide transformers' per-file loading bars; our own progress bar is the one to watch."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    # transformers 5 deprecation noise raised from inside peft; nothing a user can act on.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
@@ -43,7 +33,7 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     """Count conversations, turns and tokens under the model's chat template."""
     from chattune.data.stats import run_stats
 
-    _quiet_hf()
+    quiet_transformers()
 
     stats = run_stats(args.files, args.base, args.max_len, args.mask, args.format)
     width = max(len(k) for k in stats)
@@ -57,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from chattune.config import FLAGS, build_config
     from chattune.train.loop import run_train
 
-    _quiet_hf()
+    quiet_transformers()
 
     given = {
         FLAGS[flag]: getattr(args, flag.lstrip("-").replace("-", "_"))
@@ -76,7 +66,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Answer prompts (or the questions of a data file) with one model, or two side by side."""
     from chattune.chat.generate import run_generate
 
-    _quiet_hf()
+    quiet_transformers()
 
     for block in run_generate(
         args.model, args.compare, args.prompt, args.data, args.n, args.max_new_tokens, args.system
@@ -93,7 +83,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from chattune.chat.repl import run_chat
     from chattune.model.loading import load_model
 
-    _quiet_hf()
+    quiet_transformers()
     profile = load_profile(args.profile)
     knowledge = _knowledge(args.kb, profile)
     engine = ChatEngine(TransformersBackend(*load_model(args.model)), profile, knowledge)
@@ -125,7 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from chattune.serve.app import build_app
     from chattune.serve.store import Store
 
-    _quiet_hf()
+    quiet_transformers()
     keys = [k for k in (args.api_key or os.environ.get("CHATTUNE_API_KEY", "")).split(",") if k]
     profile = load_profile(args.profile)
     knowledge = _knowledge(args.kb, profile)
@@ -203,7 +193,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from chattune.evaluate.report import write_report
     from chattune.evaluate.run import EvalSettings, format_table, run_eval, write_json
 
-    _quiet_hf()
+    quiet_transformers()
     settings = EvalSettings(
         model=args.model,
         data=args.data,
@@ -231,7 +221,7 @@ def cmd_rate(args: argparse.Namespace) -> int:
     from chattune.evaluate.run import load_examples
     from chattune.model.loading import load_model
 
-    _quiet_hf()
+    quiet_transformers()
     examples = load_examples(args.data, args.max_examples)
     models = {spec: load_model(spec) for spec in args.models}
     run_rate(examples, models, args.out, _generation_options(args), seed=args.seed)

@@ -13,10 +13,10 @@ from typing import Any
 
 
 def _open(args: argparse.Namespace, create: bool = False) -> Any:
-    from chattune.cli import _quiet_hf
     from chattune.knowledge.store import KnowledgeBase
+    from chattune.model.loading import quiet_transformers
 
-    _quiet_hf()
+    quiet_transformers()
 
     if create:
         return KnowledgeBase(

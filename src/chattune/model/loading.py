@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,3 +197,13 @@ def load_model(spec: str, attn_implementation: str = "sdpa") -> tuple[Any, Any]:
     if (path / "tokenizer_config.json").exists():
         tokenizer = load_tokenizer(path)
     return model, tokenizer
+
+
+def quiet_transformers() -> None:
+    """Hide transformers' per-file loading bars; our own progress bar is the one to watch."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    # transformers 5 deprecation noise raised from inside peft; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
