@@ -108,6 +108,13 @@ def run_cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedPr
     )
 
 
+def train_args(model_dir: Path, chat_files: tuple[Path, Path], out: Path) -> list[str]:
+    """``chattune train`` on the tiny model and the small chat files, into ``out``."""
+    train, val = chat_files
+    return ["train", "--data", str(train), "--val-data", str(val), "--base", str(model_dir),
+            "--output", str(out)]  # fmt: skip
+
+
 @contextlib.contextmanager
 def live_server(app) -> Iterator[str]:
     """Run ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread; yield its base URL.

@@ -11,7 +11,7 @@ import sys
 import time
 
 from chattune.cli import COMMANDS, build_parser, main
-from tests.conftest import run_cli
+from tests.conftest import run_cli, train_args
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -51,15 +51,7 @@ def test_help_is_instant_and_imports_no_torch() -> None:
 def test_max_steps_2_run_leaves_exactly_the_expected_files(tiny_model_dir, chat_files, tmp_path):
     out = tmp_path / "run"
     result = run_cli(
-        "train",
-        "--data",
-        str(chat_files[0]),
-        "--val-data",
-        str(chat_files[1]),
-        "--base",
-        str(tiny_model_dir),
-        "--output",
-        str(out),
+        *train_args(tiny_model_dir, chat_files, out),
         "--max-steps",
         "2",
         "train.batch_size=4",

@@ -10,20 +10,12 @@ import torch
 from safetensors.torch import load_file
 
 from chattune.train import checkpoint as ckpt
-from tests.conftest import run_cli
+from tests.conftest import run_cli, train_args
 
 
 def train(tiny_model_dir: Path, chat_files, out: Path, *extra: str, env: dict | None = None):
     args = [
-        "train",
-        "--data",
-        str(chat_files[0]),
-        "--val-data",
-        str(chat_files[1]),
-        "--base",
-        str(tiny_model_dir),
-        "--output",
-        str(out),
+        *train_args(tiny_model_dir, chat_files, out),
         "--max-steps",
         "6",
         "--save-every",
