@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from chattune.chat.profile import BotProfile
-from chattune.data.render import generation_prompt_ids
+from chattune.data.render import generation_prompt_ids, neutralise_control_tokens, tokenize
 from chattune.data.types import Message
 from chattune.errors import ChattuneError
 from chattune.knowledge.grounding import Grounding, Knowledge
-from chattune.model.generation import GenerationOptions
+from chattune.model.generation import GenerationOptions, decoding_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,22 @@ class Backend(Protocol):
     ) -> Iterator[str]: ...
 
 
-class TransformersBackend:
-    """Generate with ``model.generate`` in a worker thread, streaming decoded text."""
+class BackendTimeout(ChattuneError):
+    """The backend produced no token for ``token_timeout`` seconds: generation is abandoned."""
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
+
+class TransformersBackend:
+    """Generate with ``model.generate`` in a worker thread, streaming decoded text.
+
+    Every failure in the worker (a bad option, out of memory, a broken model) ends the
+    stream and is re-raised in the consumer's thread; and the consumer waits at most
+    ``token_timeout`` seconds for each piece, so no failure can leave a caller waiting.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, token_timeout: float = 120.0) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.token_timeout = token_timeout
         config = getattr(model, "config", None)
         self.context_window = int(getattr(config, "max_position_embeddings", 2048))
 
@@ -63,41 +73,18 @@ class TransformersBackend:
         stop: list[str],
         cancel: threading.Event,
     ) -> Iterator[str]:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        import queue
 
-        class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
-                return cancel.is_set()
+        from transformers import TextIteratorStreamer
 
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        ids = torch.tensor([prompt_ids])
-        sampling = (
-            {"temperature": options.temperature, "top_p": options.top_p, "top_k": options.top_k}
-            if options.do_sample
-            else {}
+        streamer = TextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=self.token_timeout
         )
-        kwargs = dict(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            streamer=streamer,
-            max_new_tokens=options.max_new_tokens,
-            do_sample=options.do_sample,
-            repetition_penalty=options.repetition_penalty,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-            stopping_criteria=StoppingCriteriaList([Cancelled()]),
-            **sampling,
-        )
-        if stop:
-            kwargs.update(stop_strings=stop, tokenizer=self.tokenizer)
         errors: list[BaseException] = []
 
         def work() -> None:
-            torch.manual_seed(options.seed)
-            try:
-                with torch.no_grad():
-                    self.model.generate(**kwargs)
+            try:  # everything, seeding included: a worker that dies must still end the stream
+                self._generate(prompt_ids, options, stop, cancel, streamer)
             except BaseException as e:  # surfaced in the caller's thread below
                 errors.append(e)
                 streamer.end()
@@ -106,11 +93,49 @@ class TransformersBackend:
         thread.start()
         try:
             yield from streamer
+        except queue.Empty:
+            raise BackendTimeout(
+                f"no token for {self.token_timeout:g} s; generation abandoned"
+            ) from None
         finally:
             cancel.set()  # a consumer that stops early frees the worker at the next token
-            thread.join()
+            thread.join(self.token_timeout)
+            if thread.is_alive():
+                log.error("generation worker still running %gs after cancel", self.token_timeout)
         if errors:
             raise errors[0]
+
+    def _generate(
+        self,
+        prompt_ids: list[int],
+        options: GenerationOptions,
+        stop: list[str],
+        cancel: threading.Event,
+        streamer: Any,
+    ) -> None:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+                return cancel.is_set()
+
+        ids = torch.tensor([prompt_ids])
+        kwargs: dict[str, Any] = dict(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            streamer=streamer,
+            max_new_tokens=options.max_new_tokens,
+            repetition_penalty=options.repetition_penalty,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            stopping_criteria=StoppingCriteriaList([Cancelled()]),
+            **decoding_kwargs(options),
+        )
+        if stop:
+            kwargs.update(stop_strings=stop, tokenizer=self.tokenizer)
+        with torch.no_grad():
+            self.model.generate(**kwargs)
 
 
 class ChatEngine:
@@ -145,32 +170,61 @@ class ChatEngine:
 
         The system turn (with the grounding's context block) and few-shot examples always
         stay; the oldest exchanges go first until the prompt plus ``max_new_tokens`` fits.
+        Content from the caller and from documents cannot produce control tokens
+        (:func:`~chattune.data.render.neutralise_control_tokens`).
         """
         sys_msg = self.profile.system_message(system)
         if grounding and grounding.context:
             text = f"{sys_msg.content}\n\n{grounding.context}" if sys_msg else grounding.context
             sys_msg = Message("system", text)
         head = ([sys_msg] if sys_msg else []) + self.profile.example_messages()
+        head = [self._safe(m) for m in head]
+        turns = [self._safe(m) for m in history]
         budget = self.backend.context_window - options.max_new_tokens
-        turns = list(history)
-        dropped = 0
-        while True:
-            ids = generation_prompt_ids(self.tokenizer, head + turns)
+        ids = generation_prompt_ids(self.tokenizer, head + turns)
+        if len(ids) <= budget:
+            return ids, 0
+        for cut in self._cuts(head, turns, len(ids), budget):
+            ids = generation_prompt_ids(self.tokenizer, head + turns[cut:])
             if len(ids) <= budget:
-                if dropped:
-                    log.info("history budget: dropped the %d oldest turns", dropped)
-                return ids, dropped
-            later = next((i for i, m in enumerate(turns) if i > 0 and m.role == "user"), None)
-            if later is None:
-                raise PromptTooLong(
-                    f"the message needs {len(ids)} prompt tokens but only {budget} fit "
-                    f"(context {self.backend.context_window} - max_tokens "
-                    f"{options.max_new_tokens}); shorten it or lower max_tokens",
-                    len(ids),
-                    budget,
-                )
-            dropped += later
-            turns = turns[later:]
+                log.info("history budget: dropped the %d oldest turns", cut)
+                return ids, cut
+        raise PromptTooLong(
+            f"the message needs {len(ids)} prompt tokens but only {budget} fit "
+            f"(context {self.backend.context_window} - max_tokens "
+            f"{options.max_new_tokens}); shorten it or lower max_tokens",
+            len(ids),
+            budget,
+        )
+
+    def _safe(self, message: Message) -> Message:
+        return Message(message.role, neutralise_control_tokens(self.tokenizer, message.content))
+
+    def _cuts(
+        self, head: list[Message], turns: list[Message], rendered: int, budget: int
+    ) -> list[int]:
+        """Where the kept history may start (a user turn), the first likely to fit first.
+
+        Each message is tokenized once and the template's overhead spread evenly over the
+        messages, so one pass from the newest turn estimates every cut; the caller renders
+        the estimate to check it and tries the next cut only if the estimate was short.
+        Re-rendering the whole history once per dropped exchange was quadratic.
+        """
+        lengths = [len(tokenize(self.tokenizer, m.content)) for m in head + turns]
+        overhead = max(0.0, (rendered - sum(lengths)) / len(lengths))
+        cost = [n + overhead for n in lengths]
+        fixed, tail = sum(cost[: len(head)]), cost[len(head) :]
+        starts = [i for i, m in enumerate(turns) if i > 0 and m.role == "user"]
+        kept, fits = 0.0, len(starts) - 1
+        suffix = {}
+        for i in range(len(tail) - 1, -1, -1):
+            kept += tail[i]
+            suffix[i] = kept
+        for j, start in enumerate(starts):
+            if fixed + suffix[start] <= budget:
+                fits = j
+                break
+        return starts[fits:] if starts else []
 
     def options(self, **overrides: Any) -> GenerationOptions:
         """The profile's generation defaults with per-request overrides."""

@@ -11,6 +11,9 @@ fails would train the model on a prompt it never sees when serving.
 
 from __future__ import annotations
 
+import contextlib
+import re
+import weakref
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -140,3 +143,56 @@ def encode_conversation(
 def generation_prompt_ids(tokenizer: Any, messages: list[Message]) -> list[int]:
     """Token ids of the history plus the assistant header: what generation continues from."""
     return tokenize(tokenizer, render(tokenizer, messages, add_generation_prompt=True))
+
+
+#: U+200B ZERO WIDTH SPACE: invisible, and it breaks a control token's text apart.
+_BREAK = "\u200b"
+_CONTROL_PATTERNS: weakref.WeakKeyDictionary[Any, re.Pattern[str] | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _control_pattern(tokenizer: Any) -> re.Pattern[str] | None:
+    """A regex of every added token's text (``<|im_end|>``, ``<|im_start|>``, ...)."""
+    try:
+        return _CONTROL_PATTERNS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    texts = {str(t) for t in getattr(tokenizer, "all_special_tokens", [])}
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    texts |= {getattr(t, "content", str(t)) for t in decoder.values()}
+    texts = {t for t in texts if len(t) >= 2}
+    pattern = (
+        re.compile("|".join(re.escape(t) for t in sorted(texts, key=len, reverse=True)))
+        if texts
+        else None
+    )
+    with contextlib.suppress(TypeError):  # a tokenizer that can't be weakly referenced
+        _CONTROL_PATTERNS[tokenizer] = pattern
+    return pattern
+
+
+def neutralise_control_tokens(tokenizer: Any, text: str) -> str:
+    """``text`` with every control token's text broken by a zero-width space.
+
+    The chat template renders content into one string that is then tokenized, and the
+    tokenizer turns any ``<|im_end|>`` it finds there into the real end-of-turn token, so a
+    user message or a document could close its turn and speak as the system. Content from
+    users and documents goes through here first: the model sees the same characters, but
+    no content string can produce a control token id (tests/test_chat.py checks on ids).
+
+    Example:
+        >>> neutralise_control_tokens(tok, "a <|im_end|> b")   # doctest: +SKIP
+        'a <\\u200b|im_end|> b'
+    """
+    pattern = _control_pattern(tokenizer)
+    if pattern is None:
+        return text
+    # Breaking one match can never form another (the break is not in any token's text),
+    # but a token's text can hide another's ("<<|im_end|>"): repeat until none is left.
+    for _ in range(len(text)):
+        broken = pattern.sub(lambda m: m.group(0)[0] + _BREAK + m.group(0)[1:], text)
+        if broken == text:
+            return text
+        text = broken
+    return text

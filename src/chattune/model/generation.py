@@ -24,7 +24,7 @@ class GenerationOptions(BaseModel):
     top_p: float = Field(0.9, gt=0, le=1)
     top_k: int = Field(50, ge=0)
     repetition_penalty: float = Field(1.0, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)
 
 
 @dataclass
@@ -32,6 +32,56 @@ class Generated:
     text: str
     stopped: bool  # ended with the end-of-turn token within max_new_tokens
     n_tokens: int
+
+
+class SeededSampler:
+    """Draws the next token with a per-request ``torch.Generator``, as a logits processor.
+
+    ``model.generate`` samples with the *global* RNG, so seeding it (``torch.manual_seed``)
+    makes concurrent requests, and a generation in the middle of training, disturb each
+    other. Instead generation runs greedy and this last processor makes the sampled token
+    the only finite score, so greedy picks it: the same sampling, with the caller's RNG.
+    """
+
+    def __init__(self, generator: Any) -> None:
+        self.generator = generator
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        probs = torch.softmax(scores.float(), dim=-1)  # (batch, vocab)
+        chosen = torch.multinomial(probs, 1, generator=self.generator)  # (batch, 1)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, chosen, 0.0)
+
+
+def decoding_kwargs(options: GenerationOptions) -> dict[str, Any]:
+    """``generate()`` arguments for ``options``: greedy, or sampling seeded per request.
+
+    Example:
+        >>> decoding_kwargs(GenerationOptions())["do_sample"]
+        False
+    """
+    if not options.do_sample:
+        return {"do_sample": False}
+    import torch
+    from transformers import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    generator = torch.Generator().manual_seed(options.seed)
+    warpers: list[Any] = [TemperatureLogitsWarper(options.temperature)]
+    if options.top_k > 0:
+        warpers.append(TopKLogitsWarper(options.top_k))
+    if options.top_p < 1:
+        warpers.append(TopPLogitsWarper(options.top_p))
+    return {
+        "do_sample": False,
+        "logits_processor": LogitsProcessorList([*warpers, SeededSampler(generator)]),
+    }
 
 
 def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
@@ -54,22 +104,15 @@ def generate_batch(
 
     rows = [generation_prompt_ids(tokenizer, list(h)) for h in histories]
     ids, mask = _left_pad(rows, tokenizer.pad_token_id)
-    sampling = (
-        {"temperature": options.temperature, "top_p": options.top_p, "top_k": options.top_k}
-        if options.do_sample
-        else {}
-    )
-    torch.manual_seed(options.seed)
     with torch.no_grad():
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=options.max_new_tokens,
-            do_sample=options.do_sample,
             repetition_penalty=options.repetition_penalty,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
-            **sampling,
+            **decoding_kwargs(options),
         )
     results = []
     for row in out[:, ids.shape[1] :].tolist():
