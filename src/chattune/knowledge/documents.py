@@ -125,6 +125,8 @@ def _html(text: str) -> list[Block]:
     soup = BeautifulSoup(text, "html.parser")
     for tag in soup(["script", "style", "noscript", "template", "nav", "footer", "head"]):
         tag.decompose()
+    for tag in soup.find_all(_hidden):  # text a reader never sees must not answer customers
+        tag.decompose()
     blocks: list[Block] = []
     headings: list[tuple[int, str]] = []
     heading_tags = [f"h{n}" for n in range(1, 7)]
@@ -145,6 +147,20 @@ def _html(text: str) -> list[Block]:
             line = el.sourceline or 1
             blocks.append(Block(body, tuple(h[1] for h in headings), line))
     return blocks
+
+
+_INVISIBLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
+
+
+def _hidden(tag: object) -> bool:
+    """An element a browser does not show: ``hidden``, ``aria-hidden``, or an inline
+    ``display:none`` / ``visibility:hidden`` style (stylesheets are not evaluated)."""
+    attrs = getattr(tag, "attrs", None) or {}
+    return (
+        "hidden" in attrs
+        or str(attrs.get("aria-hidden", "")).lower() == "true"
+        or bool(_INVISIBLE.search(str(attrs.get("style", ""))))
+    )
 
 
 def read_pdf(data: bytes) -> list[Block]:

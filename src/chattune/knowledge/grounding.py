@@ -84,7 +84,8 @@ class Grounding:
 
     def sources(self, reply: str = "") -> list[dict[str, Any]]:
         """The API's ``sources``: numbered as in the prompt; ``cited`` if the reply says [n]."""
-        cited = {int(n) for n in re.findall(r"\[(\d+)\]", reply)}
+        # At most 3 digits: a reply may hold "[999...9]" longer than int() accepts.
+        cited = {int(n) for n in re.findall(r"\[(\d{1,3})\]", reply)}
         return [
             {
                 "index": n,
@@ -166,4 +167,6 @@ def context_block(hits: list[Hit], instruction: str = INSTRUCTION) -> str:
 
 
 def _attr(value: str) -> str:
-    return value.replace('"', "'").replace("<", "(")
+    """A file name or heading path made safe inside ``<document ... >``: one line (every
+    kind of line break collapsed), no quote to end the attribute, no tag to open."""
+    return " ".join(value.split()).replace('"', "'").replace("<", "(").replace(">", ")")

@@ -329,9 +329,16 @@ def _expand(paths: Iterable[str | Path], report: AddReport) -> Iterator[Path]:
     for given in paths:
         path = Path(given)
         if path.is_dir():
+            root = path.resolve()
             for child in sorted(path.rglob("*")):
                 if child.is_file() and not any(p.startswith(".") for p in child.parts):
-                    if child.suffix.lower() in FORMATS:
+                    if not child.resolve().is_relative_to(root):
+                        # A link out of the folder would publish whatever it points at
+                        # (a key, a password file) to everyone who can chat with the bot.
+                        why = f"symbolic link to {child.resolve()}, outside {given}"
+                        report.skipped.append((f"{_display(child.parent)}/{child.name}", why))
+                        log.warning("skipped %s: %s", child, why)
+                    elif child.suffix.lower() in FORMATS:
                         yield child
                     else:
                         report.skipped.append(
