@@ -140,3 +140,40 @@ def live_server(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards.
+
+    ``CHATTUNE_TEST_PG_URL`` names a database on a server where that role may create
+    databases (``.ci/run`` starts one). Without it the test skips, except in CI, where it
+    fails: CI must never silently skip the PostgreSQL half of the store tests.
+    """
+    import uuid
+
+    from sqlalchemy import create_engine, make_url, text
+
+    admin_url = os.environ.get("CHATTUNE_TEST_PG_URL")
+    if not admin_url:
+        if os.environ.get("CI"):
+            pytest.fail("CHATTUNE_TEST_PG_URL is unset: .ci/run must start PostgreSQL")
+        pytest.skip("CHATTUNE_TEST_PG_URL is unset (a PostgreSQL URL; see .ci/run)")
+    name = f"chattune_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")  # CREATE DATABASE needs it
+    with admin.connect() as con:
+        con.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as con:  # FORCE: ends connections a test (or a killed server) left
+            con.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database URL, once for SQLite (a file in tmp_path) and once for PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'chat.db'}"
+    return request.getfixturevalue("postgres_url")

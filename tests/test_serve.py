@@ -44,7 +44,8 @@ def make_client(tokenizer, tmp_path):
     def make(backend=None, keys=KEYS, **kw) -> TestClient:
         engine = ChatEngine(backend or FakeBackend(tokenizer, ["Hello", " there", "!"]))
         store = Store(str(tmp_path / "chat.db"))
-        return TestClient(build_app(engine, store, "tiny", keys, **kw))
+        # An open server answers loopback names only (DNS rebinding), so talk to 127.0.0.1.
+        return TestClient(build_app(engine, store, "tiny", keys, **kw), "http://127.0.0.1")
 
     return make
 
@@ -239,3 +240,254 @@ def test_slots_are_fifo() -> None:
         return order
 
     assert asyncio.run(scenario()) == [0, 1, 2, 3, 4]
+
+
+# ----- hostile input, overload and faults (issue 13) ------------------------------------
+
+
+class GateBackend(FakeBackend):
+    """Yields one piece, then waits until released or cancelled; counts what happened.
+
+    No sleeps: tests wait on its events, so "in flight" means in flight.
+    """
+
+    def __init__(self, tokenizer, fail_after_first: bool = False) -> None:
+        super().__init__(tokenizer, [])
+        self.started, self.release, self.cancelled = (threading.Event() for _ in range(3))
+        self.fail_after_first = fail_after_first
+        self.calls = 0
+
+    def stream(self, prompt_ids, options, stop, cancel):
+        self.calls += 1
+        yield "first"
+        self.started.set()
+        if self.fail_after_first:
+            raise RuntimeError("the model broke")
+        while not self.release.wait(0.01):
+            if cancel.is_set():
+                self.cancelled.set()
+                return
+        yield " last"
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"seed": 2**63}, "seed"),
+        ({"seed": -1}, "seed"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": "x" * 65}, "stop"),
+        ({"stop": [""]}, "stop"),
+        ({"repetition_penalty": 11}, "repetition_penalty"),
+        ({"max_tokens": 1025}, "max_tokens"),  # the server's --max-tokens-limit
+        ({"max_tokens": 10**30}, "max_tokens"),
+        ({"conversation_id": "c" * 65}, "conversation_id"),
+        ({"top_k": 10**9}, "top_k"),
+    ],
+)
+def test_every_option_is_bounded(client, extra, param) -> None:
+    r = client.post("/v1/chat/completions", json=ask(**extra), headers=auth("key-alice"))
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+def test_sizes_and_counts_are_bounded(client) -> None:
+    alice = auth("key-alice")
+    many = {"messages": [{"role": "user", "content": "hi"}] * 257}
+    r = client.post("/v1/chat/completions", json=many, headers=alice)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = client.post("/v1/chat/completions", json=ask("x" * 32_001), headers=alice)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.content"
+    total = {"messages": [{"role": "user", "content": "y" * 30_000}] * 7}
+    r = client.post("/v1/chat/completions", json=total, headers=alice)
+    assert r.status_code == 400 and "per request" in r.json()["error"]["message"]
+    conv = client.post("/v1/conversations", json={}, headers=alice).json()
+    mid = client.post(
+        "/v1/chat/completions", json=ask(conversation_id=conv["id"]), headers=alice
+    ).json()["message_id"]
+    url = f"/v1/conversations/{conv['id']}/messages/{mid}/feedback"
+    r = client.post(url, json={"rating": "down", "correction": "z" * 8001}, headers=alice)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "correction"
+
+
+def test_oversized_body_is_413_before_authentication(client) -> None:
+    body = b'{"messages": [{"role": "user", "content": "' + b"a" * (1 << 20) + b'"}]}'
+    r = client.post(
+        "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}
+    )  # no key: the size is refused first, before any auth or parsing work
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+    def chunked():  # no Content-Length: counted while read
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(20):
+            yield b"a" * 65536
+        yield b'"}]}'
+
+    r = client.post("/v1/chat/completions", content=chunked(), headers=auth("key-alice"))
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
+def test_lone_surrogates_are_400_not_500(client) -> None:
+    raw = b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}'
+    headers = {**auth("key-alice"), "Content-Type": "application/json"}
+    r = client.post("/v1/chat/completions", content=raw, headers=headers)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.content"
+    r = client.post("/v1/conversations", content=b'{"title": "\\udfff"}', headers=headers)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "title"
+
+
+def test_non_ascii_bearer_token_is_401(client) -> None:
+    for token in ("Bearer clé".encode(), b"Bearer \xff\xfe", "Bearer key-alicé".encode()):
+        r = client.get("/v1/models", headers={"Authorization": token})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_keys_are_stripped_and_an_open_server_refuses_foreign_hosts(make_client) -> None:
+    keyed = make_client(keys=[" key-alice ", ""])
+    assert keyed.get("/v1/models", headers=auth("key-alice")).status_code == 200
+    assert keyed.get("/v1/models", headers={**auth("key-alice"), "Host": "evil.test"}).is_success
+    open_ = make_client(keys=[])
+    for host in ("127.0.0.1:8000", "localhost", "[::1]:80"):
+        assert open_.get("/v1/models", headers={"Host": host}).status_code == 200, host
+    for host in ("evil.test", "127.0.0.1.evil.test:8000", "localhost.attacker"):
+        r = open_.get("/v1/models", headers={"Host": host})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_host", host
+    anyone = make_client(keys=[], insecure_no_auth=True)
+    assert anyone.get("/v1/models", headers={"Host": "chat.example"}).status_code == 200
+
+
+def test_serve_refuses_a_public_host_without_keys() -> None:
+    from tests.conftest import run_cli
+
+    r = run_cli("serve", "--host", "0.0.0.0", env={"CHATTUNE_API_KEY": ""})
+    assert r.returncode == 2 and "--insecure-no-auth" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("serve", "--max-tokens-limit", "0")
+    assert r.returncode == 2 and "--max-tokens-limit" in r.stderr
+
+
+def test_queue_is_checked_before_any_expensive_work(tokenizer, tmp_path, monkeypatch) -> None:
+    import httpx
+
+    backend = GateBackend(tokenizer)
+    engine = ChatEngine(backend)
+    prepared = []
+    real = engine.build_prompt
+    monkeypatch.setattr(engine, "build_prompt", lambda *a, **k: prepared.append(1) or real(*a, **k))
+    app = build_app(engine, Store(str(tmp_path / "q.db")), "tiny", KEYS, max_queue=0)
+    with (
+        live_server(app) as url,
+        httpx.Client(base_url=url, headers=auth("key-alice"), timeout=30) as http,
+        http.stream("POST", "/v1/chat/completions", json=ask(stream=True)) as first,
+    ):
+        assert backend.started.wait(10)
+        for _ in range(5):
+            r = http.post("/v1/chat/completions", json=ask("word " * 3000))
+            assert r.status_code == 429 and r.headers["Retry-After"] == "2"
+        assert len(prepared) == 1  # only the admitted request built a prompt
+        backend.release.set()
+        assert first.read().decode().endswith("data: [DONE]\n\n")
+
+
+def test_admission_is_race_free_under_a_burst(tokenizer, tmp_path) -> None:
+    """Every streamed request gets 429 up front or a complete stream: never a 200 that is
+    then cut off because the queue filled between the check and the wait."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    backend = GateBackend(tokenizer)
+    app = build_app(ChatEngine(backend), Store(str(tmp_path / "b.db")), "tiny", KEYS, max_queue=2)
+
+    def one(http: httpx.Client) -> str:
+        with http.stream("POST", "/v1/chat/completions", json=ask(stream=True)) as r:
+            if r.status_code != 200:
+                return str(r.status_code)
+            body = r.read().decode()
+            return "complete" if body.endswith("data: [DONE]\n\n") else "cut: " + body[-80:]
+
+    with (
+        live_server(app) as url,
+        httpx.Client(base_url=url, headers=auth("key-alice"), timeout=30) as http,
+        ThreadPoolExecutor(12) as pool,
+    ):
+        futures = [pool.submit(one, http) for _ in range(12)]
+        assert backend.started.wait(10)
+        backend.release.set()
+        outcomes = sorted(f.result() for f in futures)
+    assert set(outcomes) <= {"429", "complete"}, outcomes
+    assert outcomes.count("complete") >= 3  # one generating + two queued were admitted
+
+
+def test_non_streaming_client_that_leaves_cancels_its_generation(tokenizer, tmp_path) -> None:
+    import httpx
+
+    backend = GateBackend(tokenizer)
+    app = build_app(ChatEngine(backend), Store(str(tmp_path / "d.db")), "tiny", KEYS)
+    with live_server(app) as url:
+        with (
+            httpx.Client(base_url=url, headers=auth("key-alice"), timeout=0.5) as http,
+            pytest.raises(httpx.ReadTimeout),
+        ):
+            http.post("/v1/chat/completions", json=ask())
+        assert backend.cancelled.wait(10), "generation went on for a client that left"
+        with httpx.Client(base_url=url, headers=auth("key-alice"), timeout=30) as http:
+            backend.release.set()  # the slot is free again
+            assert http.post("/v1/chat/completions", json=ask()).status_code == 200
+
+
+def test_request_deadline(make_client, tokenizer) -> None:
+    backend = GateBackend(tokenizer)
+    client = make_client(backend, request_timeout=0.3)
+    r = client.post("/v1/chat/completions", json=ask(), headers=auth("key-alice"))
+    assert r.status_code == 408 and r.json()["error"]["code"] == "request_timeout"
+    assert backend.cancelled.wait(5)
+    with client.stream(
+        "POST", "/v1/chat/completions", json=ask(stream=True), headers=auth("key-alice")
+    ) as r:
+        assert r.status_code == 200
+        events = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: {")]
+    assert events[-1]["error"]["code"] == "request_timeout"
+
+
+def test_a_failure_mid_stream_is_an_error_event_and_frees_the_slot(make_client, tokenizer):
+    client = make_client(GateBackend(tokenizer, fail_after_first=True))
+    for _ in range(2):  # the second request gets the slot back
+        with client.stream(
+            "POST", "/v1/chat/completions", json=ask(stream=True), headers=auth("key-alice")
+        ) as r:
+            assert r.status_code == 200
+            lines = [x for x in r.iter_lines() if x]
+        last = json.loads(lines[-1].removeprefix("data: "))
+        assert last["error"]["type"] == "server_error" and "[DONE]" not in lines[-1]
+        assert "the model broke" not in lines[-1]  # no internals leak to the client
+
+
+def test_delete_conversation_is_the_owners_only(client) -> None:
+    alice, bob = auth("key-alice"), auth("key-bob")
+    conv = client.post("/v1/conversations", json={}, headers=alice).json()
+    mid = client.post(
+        "/v1/chat/completions", json=ask(conversation_id=conv["id"]), headers=alice
+    ).json()["message_id"]
+    url = f"/v1/conversations/{conv['id']}"
+    client.post(f"{url}/messages/{mid}/feedback", json={"rating": "up"}, headers=alice)
+    assert client.delete(url, headers=bob).status_code == 404
+    r = client.delete(url, headers=alice)
+    assert r.status_code == 200 and r.json() == {
+        "id": conv["id"],
+        "object": "conversation.deleted",
+        "deleted": True,
+    }
+    assert client.get(url, headers=alice).status_code == 404
+    assert client.delete(url, headers=alice).status_code == 404
+
+
+def test_page_headers_and_docs_off_by_default(make_client) -> None:
+    client = make_client()
+    page = client.get("/")
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert client.get(path).status_code == 404
+    assert client.get("/static/../store.py").status_code == 404
+    assert make_client(docs=True).get("/openapi.json").status_code == 200

@@ -181,11 +181,14 @@ def _start(tiny_model_dir: Path, db: Path, port: int) -> subprocess.Popen:
         time.sleep(0.2)
 
 
-def test_kill_9_during_writes_keeps_every_acknowledged_message(tiny_model_dir, tmp_path):
+def test_kill_9_during_writes_keeps_every_acknowledged_message(tiny_model_dir, db_url):
+    """On SQLite and on PostgreSQL: every reply the server acknowledged before it was killed
+    is stored, and the database is intact and consistent (seqs 0..n-1, question, reply)."""
     import httpx
+    from sqlalchemy import create_engine, make_url, text
 
-    db, port = tmp_path / "chat.db", free_port()
-    proc = _start(tiny_model_dir, db, port)
+    port = free_port()
+    proc = _start(tiny_model_dir, db_url, port)
     base, headers = f"http://127.0.0.1:{port}", {"Authorization": "Bearer k"}
     acknowledged: list[str] = []
     stop = threading.Event()
@@ -222,10 +225,25 @@ def test_kill_9_during_writes_keeps_every_acknowledged_message(tiny_model_dir, t
     for t in threads:
         t.join()
     assert len(acknowledged) >= 15
-    con = sqlite3.connect(db)
-    assert con.execute("pragma integrity_check").fetchone() == ("ok",)
-    stored = {row[0] for row in con.execute("select id from messages where role='assistant'")}
-    assert set(acknowledged) <= stored
+    if db_url.startswith("sqlite"):
+        con = sqlite3.connect(make_url(db_url).database)
+        assert con.execute("pragma integrity_check").fetchone() == ("ok",)
+        con.close()
+    engine = create_engine(db_url)
+    with engine.connect() as con:
+        rows = con.execute(
+            text(
+                "select conversation_id, seq, role, id from messages order by conversation_id, seq"
+            )
+        ).all()
+    engine.dispose()
+    assert set(acknowledged) <= {id_ for _, _, role, id_ in rows if role == "assistant"}
+    by_conversation: dict[str, list[str]] = {}
+    for conversation_id, seq, role, _ in rows:
+        assert seq == len(by_conversation.setdefault(conversation_id, []))  # 0..n-1
+        by_conversation[conversation_id].append(role)
+    for roles in by_conversation.values():  # question, reply, question, reply, ...
+        assert roles[::2] == ["user"] * len(roles[::2]) and set(roles[1::2]) <= {"assistant"}
 
 
 def test_sigterm_finishes_in_flight_reply_and_exits_0(tiny_model_dir, tmp_path) -> None:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 
 from chattune import kb_cli
-from chattune.errors import ChattuneError
+from chattune.errors import ChattuneError, ConfigError
 from chattune.model.loading import quiet_transformers
 
 log = logging.getLogger("chattune")
@@ -116,15 +116,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from chattune.serve.store import Store
 
     quiet_transformers()
-    keys = [k for k in (args.api_key or os.environ.get("CHATTUNE_API_KEY", "")).split(",") if k]
+    raw_keys = args.api_key or os.environ.get("CHATTUNE_API_KEY", "")
+    keys = [k.strip() for k in raw_keys.split(",") if k.strip()]
+    if not keys and not args.insecure_no_auth and not _is_loopback(args.host):
+        raise ConfigError(
+            f"--host {args.host} without --api-key would let anyone who can reach this "
+            "machine chat, read and delete conversations; pass --api-key KEY (or set "
+            "CHATTUNE_API_KEY), or --insecure-no-auth if that is really what you want"
+        )
+    options = _serve_options(args)
     profile = load_profile(args.profile)
     knowledge = _knowledge(args.kb, profile)
+    store = Store(args.db)  # before the model: a wrong --db fails in a second
     engine = ChatEngine(TransformersBackend(*load_model(args.model)), profile, knowledge)
-    app = build_app(engine, Store(args.db), args.model, keys, args.max_concurrency, args.max_queue)
-    if not keys and args.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning(
-            "serving on %s without --api-key: anyone who can reach it can use it", args.host
-        )
+    app = build_app(engine, store, args.model, keys, insecure_no_auth=args.insecure_no_auth,
+                    **options.model_dump())  # fmt: skip
+    if not keys:
+        log.warning("serving without --api-key: anyone who can reach %s can use it", args.host)
     print(f"chattune: http://{args.host}:{args.port}/ (model {args.model})", flush=True)
     # uvicorn stops accepting on SIGTERM/SIGINT and lets in-flight replies finish (bounded),
     # then re-raises the signal to the handler it found: ours, which makes that a clean exit.
@@ -137,6 +145,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=args.graceful_timeout,
     )
     return 0
+
+
+def _serve_options(args: argparse.Namespace):
+    """The server's limits from their flags, checked before anything loads."""
+    from pydantic import ValidationError
+
+    from chattune.serve.protocol import ServeOptions
+
+    fields = ServeOptions.model_fields
+    try:
+        return ServeOptions(**{name: getattr(args, name) for name in fields})
+    except ValidationError as e:
+        problems = [
+            f"--{str(item['loc'][0]).replace('_', '-')}: {item['msg']} (got {item['input']!r})"
+            for item in e.errors()
+        ]
+        raise ConfigError("; ".join(problems)) from None
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _knowledge(folder: str | None, profile):
@@ -152,15 +188,16 @@ def _knowledge(folder: str | None, profile):
 
 
 def cmd_export_feedback(args: argparse.Namespace) -> int:
-    """Write thumbs-up replies and corrections from the server's database as training JSONL."""
+    """Write thumbs-up replies and corrections from the server's database as training JSONL:
+    one {"messages": [...], "owner": HASH} per line (HASH: the API key's hash)."""
     import json
 
     from chattune.serve.store import Store
 
     count = 0
     with open(args.out, "w", encoding="utf-8") as f:
-        for messages in Store(args.db).feedback_conversations():
-            f.write(json.dumps({"messages": messages}) + "\n")
+        for example in Store(args.db).feedback_conversations(owner=args.owner):
+            f.write(json.dumps(example) + "\n")
             count += 1
     print(f"wrote {count} conversations to {args.out}")
     return 0
@@ -274,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = data_verbs.add_parser("export-feedback", help=cmd_export_feedback.__doc__)
     export.add_argument("--db", default="chattune.db", help="sqlite path or SQLAlchemy URL")
     export.add_argument("--out", required=True)
+    export.add_argument("--owner", help="only this owner's conversations (the hash in 'owner')")
     export.set_defaults(func=cmd_export_feedback)
 
     train = verbs.add_parser(
@@ -345,6 +383,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-concurrency", type=int, default=1, help="replies generated at once")
     serve.add_argument("--max-queue", type=int, default=8, help="waiting requests before 429")
+    serve.add_argument(
+        "--max-tokens-limit", type=int, default=1024, help="ceiling on a request's max_tokens"
+    )
+    serve.add_argument(
+        "--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413"
+    )
+    serve.add_argument(
+        "--request-timeout", type=float, default=300.0, help="seconds one request may take"
+    )
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a non-loopback --host without --api-key (anyone who reaches it can use it)",
+    )
+    serve.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json")
     serve.add_argument(
         "--graceful-timeout",
         type=int,

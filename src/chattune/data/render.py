@@ -15,7 +15,7 @@ import contextlib
 import re
 import weakref
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from chattune.data.types import Conversation, Message
@@ -33,7 +33,7 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
-class MaskPolicy(str, Enum):
+class MaskPolicy(StrEnum):
     """Which tokens the loss is computed on."""
 
     ASSISTANT = "assistant"  # every assistant turn (default for multi-turn dialogue)

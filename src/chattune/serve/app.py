@@ -1,33 +1,54 @@
 """The FastAPI application: thin routes over :class:`ChatService` and :class:`Store`.
 
 ``build_app`` is a factory (no module-level app), so tests build one with a fake engine and
-an in-memory store, and ``chattune serve`` builds one with the real model.
+an in-memory store, and ``chattune serve`` builds one with the real model. Routes are plain
+module-level functions; what they need (service, store, keys) is on ``app.state``.
+
+Before any route runs, two pure-ASGI guards answer the cheapest refusals: a body over
+``max_body_bytes`` (413, before authentication or JSON parsing) and, on an open server, a
+``Host`` header that is not loopback (DNS rebinding: a web page on another site resolving
+its own name to 127.0.0.1 to reach an open local server from the user's browser).
 """
 
 from __future__ import annotations
 
 import logging
+import mimetypes
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chattune.chat.engine import ChatEngine
-from chattune.serve.protocol import ChatCompletionRequest, Feedback, NewConversation, error_body
-from chattune.serve.service import ApiError, ChatService
+from chattune.serve.protocol import (
+    ChatCompletionRequest,
+    Feedback,
+    NewConversation,
+    ServeOptions,
+    error_body,
+)
+from chattune.serve.service import ApiError, ChatService, Ticket
 from chattune.serve.store import Store, owner_of
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
-
-def _param(loc: tuple[Any, ...]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
-    return ".".join(parts) or None
+#: The page loads only its own script and style, talks only to this server, and can't be
+#: framed; a reply rendered as HTML by mistake could run no script of its own.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def build_app(
@@ -35,106 +56,301 @@ def build_app(
     store: Store,
     model_name: str,
     api_keys: list[str] | None = None,
-    max_concurrency: int = 1,
-    max_queue: int = 8,
+    **options: Any,
 ) -> FastAPI:
     """The HTTP API and web page for one model.
 
     Args:
         api_keys: accepted bearer keys; none means an open server (everything belongs to
-            one anonymous owner). Each key owns the conversations it creates.
+            one anonymous owner, and only loopback ``Host`` names are accepted unless
+            ``insecure_no_auth``). Each key owns the conversations it creates.
+        options: :class:`ServeOptions` fields (``max_concurrency=2``, ...), plus
+            ``insecure_no_auth`` (bool).
     """
-    app = FastAPI(title="chattune", version="0.1.0")
-    service = ChatService(engine, store, model_name, max_concurrency, max_queue)
-    keys = [k for k in (api_keys or []) if k]
-
-    def owner(request: Request) -> str:
-        if not keys:
-            return owner_of(None)
-        header = request.headers.get("authorization", "")
-        given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        if not any(secrets.compare_digest(given, k) for k in keys):
-            raise ApiError(
-                401,
-                "missing or invalid API key: send 'Authorization: Bearer KEY'",
-                code="invalid_api_key",
-                type_="authentication_error",
-            )
-        return owner_of(given)
-
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(str(e), e.type, e.param, e.code), e.status, e.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
-        first = e.errors()[0]
-        param = _param(tuple(first.get("loc", ())))
-        message = f"{param}: {first['msg']}" if param else first["msg"]
-        return JSONResponse(error_body(message, param=param), 400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(error_body(str(e.detail), code=str(e.status_code)), e.status_code)
-
-    @app.exception_handler(Exception)
-    async def _crash(_: Request, e: Exception) -> JSONResponse:
-        log.exception("internal error")
-        return JSONResponse(error_body("internal server error", "server_error"), 500)
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "model": model_name}
-
-    @app.get("/v1/models")
-    async def models(_: str = Depends(owner)) -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [{"id": model_name, "object": "model", "owned_by": "chattune"}],
-        }
-
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(req: ChatCompletionRequest, who: str = Depends(owner)):
-        if req.stream:
-            events = await service.stream(req, who)
-            return StreamingResponse(
-                events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-            )
-        return await service.complete(req, who)
-
-    @app.post("/v1/conversations", status_code=201)
-    async def new_conversation(
-        body: NewConversation | None = None, who: str = Depends(owner)
-    ) -> dict[str, Any]:
-        return store.create_conversation(who, (body or NewConversation()).title)
-
-    @app.get("/v1/conversations")
-    async def list_conversations(who: str = Depends(owner)) -> dict[str, Any]:
-        return {"object": "list", "data": store.list_conversations(who)}
-
-    @app.get("/v1/conversations/{conversation_id}")
-    async def get_conversation(conversation_id: str, who: str = Depends(owner)):
-        found = store.get_conversation(who, conversation_id)
-        if found is None:
-            raise ApiError(404, f"conversation {conversation_id!r} not found", code="not_found")
-        return found
-
-    @app.post("/v1/conversations/{conversation_id}/messages/{message_id}/feedback", status_code=201)
-    async def feedback(
-        conversation_id: str, message_id: str, body: Feedback, who: str = Depends(owner)
-    ) -> dict[str, str]:
-        try:
-            ok = store.add_feedback(who, conversation_id, message_id, body.rating, body.correction)
-        except ValueError as e:
-            raise ApiError(400, str(e), param="message_id") from None
-        if not ok:
-            raise ApiError(
-                404, f"message {message_id!r} not found in {conversation_id!r}", code="not_found"
-            )
-        return {"status": "recorded"}
-
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
-
+    insecure = bool(options.pop("insecure_no_auth", False))
+    settings = ServeOptions(**options)
+    docs = settings.docs
+    app = FastAPI(
+        title="chattune",
+        version="0.1.0",
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.state.service = ChatService(engine, store, model_name, settings)
+    app.state.store = store
+    app.state.model_name = model_name
+    app.state.keys = [k.strip().encode() for k in api_keys or [] if k.strip()]
+    for handler in (_api_error, _invalid, _http, _crash):
+        app.add_exception_handler(handler.handles, handler)  # type: ignore[attr-defined]
+    app.include_router(router)
+    # Added last = outermost: these run before routing, authentication and parsing.
+    if not app.state.keys and not insecure:
+        app.add_middleware(LoopbackHostOnly)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(NoSniff)
     return app
+
+
+# ----- guards (pure ASGI: they answer before FastAPI parses anything) -------------------
+
+
+async def _send_error(send: Send, status: int, body: dict[str, Any]) -> None:
+    response = JSONResponse(body, status)
+    await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+class NoSniff:
+    """``X-Content-Type-Options: nosniff`` on every response: a reply or a stored message
+    served as JSON is never guessed to be HTML by a browser."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message["headers"], (b"x-content-type-options", b"nosniff")]
+            await send(message)
+
+        await self.app(scope, receive, with_header if scope["type"] == "http" else send)
+
+
+class BodyLimit:
+    """413 for a body over ``limit`` bytes: by its ``Content-Length`` before reading a byte,
+    or, for a chunked body, as soon as the bytes read pass the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await _send_error(send, 413, self._error())
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:  # FastAPI turns its own HTTPException into our handler's 413
+                raise HTTPException(413, self._error()["error"]["message"])
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _error(self) -> dict[str, Any]:
+        return error_body(f"request body larger than {self.limit} bytes", code="request_too_large")
+
+
+class LoopbackHostOnly:
+    """On an open (keyless) server, refuse requests whose ``Host`` is not a loopback name."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+            name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:].split("]")[0]
+            if name not in LOOPBACK_HOSTS:
+                return await _send_error(
+                    send,
+                    400,
+                    error_body(
+                        f"Host {host!r} refused: this server has no API key, so it answers "
+                        "only requests addressed to localhost or 127.0.0.1; start it with "
+                        "--api-key to serve other names",
+                        code="invalid_host",
+                    ),
+                )
+        await self.app(scope, receive, send)
+
+
+class GuardedStreamingResponse(StreamingResponse):
+    """Releases the request's slot when the response ends, however it ends: Starlette
+    does not run an event generator's ``finally`` if the client left before the first
+    event, and a leaked slot would shrink the server for good."""
+
+    def __init__(self, content: Any, ticket: Ticket, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.ticket = ticket
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.ticket.release()
+
+
+# ----- errors: OpenAI's shape, real status codes, never a traceback to the client -------
+
+
+def _param(loc: tuple[Any, ...]) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    return ".".join(parts) or None
+
+
+async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+    return JSONResponse(e.body(), e.status, e.headers)
+
+
+async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+    first = e.errors()[0]
+    param = _param(tuple(first.get("loc", ())))
+    message = f"{param}: {first['msg']}" if param else first["msg"]
+    return JSONResponse(error_body(message, param=param), 400)
+
+
+async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+    code = "request_too_large" if e.status_code == 413 else str(e.status_code)
+    return JSONResponse(error_body(str(e.detail), code=code), e.status_code, e.headers)
+
+
+async def _crash(_: Request, e: Exception) -> JSONResponse:
+    log.exception("internal error")
+    return JSONResponse(error_body("internal server error", "server_error"), 500)
+
+
+_api_error.handles = ApiError  # type: ignore[attr-defined]
+_invalid.handles = RequestValidationError  # type: ignore[attr-defined]
+_http.handles = StarletteHTTPException  # type: ignore[attr-defined]
+_crash.handles = Exception  # type: ignore[attr-defined]
+
+
+# ----- routes ---------------------------------------------------------------------------
+
+router = APIRouter()
+
+
+def owner(request: Request) -> str:
+    """The caller's owner hash from ``Authorization: Bearer KEY`` (401 if not accepted)."""
+    keys: list[bytes] = request.app.state.keys
+    if not keys:
+        return owner_of(None)
+    header = request.headers.get("authorization", "")
+    # Header values arrive as latin-1 text; compare the original bytes, so a non-ASCII
+    # token is just a wrong key (compare_digest refuses non-ASCII str).
+    given = header[7:].strip().encode("latin-1") if header.startswith("Bearer ") else b""
+    if not any(secrets.compare_digest(given, k) for k in keys):
+        raise ApiError(
+            401,
+            "missing or invalid API key: send 'Authorization: Bearer KEY'",
+            code="invalid_api_key",
+            type_="authentication_error",
+        )
+    return owner_of(given.decode())
+
+
+def _service(request: Request) -> ChatService:
+    return request.app.state.service
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store
+
+
+Owner = Annotated[str, Depends(owner)]
+Service = Annotated[ChatService, Depends(_service)]
+Db = Annotated[Store, Depends(_store)]
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, str]:
+    return {"status": "ok", "model": request.app.state.model_name}
+
+
+@router.get("/v1/models")
+async def models(request: Request, _: Owner) -> dict[str, Any]:
+    model = {"id": request.app.state.model_name, "object": "model", "owned_by": "chattune"}
+    return {"object": "list", "data": [model]}
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(
+    req: ChatCompletionRequest,
+    request: Request,
+    who: Owner,
+    service: Service,
+) -> Any:
+    if req.stream:
+        events, ticket = await service.stream(req, who)
+        return GuardedStreamingResponse(
+            events,
+            ticket,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    return await service.complete(req, who, request.is_disconnected)
+
+
+@router.post("/v1/conversations", status_code=201)
+def new_conversation(
+    who: Owner,
+    store: Db,
+    body: NewConversation | None = None,
+) -> dict[str, Any]:
+    return store.create_conversation(who, (body or NewConversation()).title)
+
+
+@router.get("/v1/conversations")
+def list_conversations(who: Owner, store: Db) -> Any:
+    return {"object": "list", "data": store.list_conversations(who)}
+
+
+@router.get("/v1/conversations/{conversation_id}")
+def get_conversation(conversation_id: str, who: Owner, store: Db) -> Any:
+    found = store.get_conversation(who, conversation_id)
+    if found is None:
+        raise ApiError(404, f"conversation {conversation_id!r} not found", code="not_found")
+    return found
+
+
+@router.delete("/v1/conversations/{conversation_id}")
+def delete_conversation(conversation_id: str, who: Owner, store: Db) -> dict[str, Any]:
+    """Delete one of the caller's conversations, its messages and their feedback."""
+    if not store.delete_conversation(who, conversation_id):
+        raise ApiError(404, f"conversation {conversation_id!r} not found", code="not_found")
+    return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
+
+
+@router.post("/v1/conversations/{conversation_id}/messages/{message_id}/feedback", status_code=201)
+def feedback(
+    conversation_id: str,
+    message_id: str,
+    body: Feedback,
+    who: Owner,
+    store: Db,
+) -> dict[str, str]:
+    try:
+        ok = store.add_feedback(who, conversation_id, message_id, body.rating, body.correction)
+    except ValueError as e:
+        raise ApiError(400, str(e), param="message_id") from None
+    if not ok:
+        raise ApiError(
+            404, f"message {message_id!r} not found in {conversation_id!r}", code="not_found"
+        )
+    return {"status": "recorded"}
+
+
+def _static(name: str) -> Response:
+    media = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return Response((STATIC / name).read_bytes(), media_type=media, headers=PAGE_HEADERS)
+
+
+_STATIC_FILES = frozenset(p.name for p in STATIC.iterdir() if p.is_file())
+
+
+@router.get("/", include_in_schema=False)
+def page() -> Response:
+    return _static("index.html")
+
+
+@router.get("/static/{name}", include_in_schema=False)
+def static(name: str) -> Response:
+    if name not in _STATIC_FILES:  # a fixed list: no path ever reaches the file system
+        raise ApiError(404, f"no static file {name!r}", code="not_found")
+    return _static(name)

@@ -1,31 +1,83 @@
 """Request and response shapes of the HTTP API: OpenAI's chat completions, plus
 chattune's conversations and feedback. Unknown OpenAI fields are accepted and ignored, so
 the official ``openai`` client works unchanged.
+
+Every field is bounded here, before any work is done on it: sizes, counts and ranges. The
+server-wide limits that an operator may change (body size, ``max_tokens`` ceiling, request
+deadline) live in :class:`ServeOptions`; the rest are fixed, following OpenAI where OpenAI
+has a limit (4 stop strings) and otherwise generous for a chat and cheap to check.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+#: Fixed bounds of one request (see docs/reliability.md).
+MAX_MESSAGES = 256
+MAX_MESSAGE_CHARS = 32_000
+MAX_REQUEST_CHARS = 200_000
+MAX_CONTENT_PARTS = 64
+MAX_STOP = 4  # OpenAI's limit
+MAX_STOP_CHARS = 64  # a longer stop string makes transformers build a huge lookup table
+MAX_CORRECTION_CHARS = 8_000
+MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes
+
+
+def valid_unicode(value: str) -> str:
+    """Reject lone surrogates (JSON allows ``"\\ud800"``; UTF-8 cannot encode it)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"invalid Unicode at character {e.start} (a lone surrogate)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(valid_unicode)]
+Id = Annotated[str, StringConstraints(max_length=64), AfterValidator(valid_unicode)]
+
+
+class ServeOptions(BaseModel):
+    """Server-wide settings of ``chattune serve`` (each has a flag of the same name)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_concurrency: int = Field(1, ge=1, le=256, description="replies generated at once")
+    max_queue: int = Field(8, ge=0, le=10_000, description="admitted requests waiting for a slot")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
+    max_tokens_limit: int = Field(1024, ge=1, description="server ceiling on max_tokens")
+    request_timeout: float = Field(300.0, gt=0, description="seconds one request may take")
+    docs: bool = Field(False, description="serve /docs, /redoc and /openapi.json")
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant"]
-    content: str | list[dict[str, Any]]
+    content: str | Annotated[list[dict[str, Any]], Field(max_length=MAX_CONTENT_PARTS)]
 
     @field_validator("content")
     @classmethod
     def _text(cls, value: str | list[dict[str, Any]]) -> str:
-        """Accept OpenAI's list-of-parts form for text; reject empty content."""
+        """Accept OpenAI's list-of-parts form for text; reject empty or oversized content."""
         if isinstance(value, list):
-            if any(p.get("type") != "text" for p in value):
-                raise ValueError("only text content parts are supported")
-            value = "".join(str(p.get("text", "")) for p in value)
+            if any(p.get("type") != "text" or not isinstance(p.get("text"), str) for p in value):
+                raise ValueError("only text content parts ({'type': 'text', 'text': ...})")
+            value = "".join(p["text"] for p in value)
+        valid_unicode(value)
+        if len(value) > MAX_MESSAGE_CHARS:
+            raise ValueError(f"at most {MAX_MESSAGE_CHARS} characters per message")
         if not value.strip():
             raise ValueError("content must not be empty")
         return value
@@ -34,20 +86,20 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
+    model: Annotated[str, StringConstraints(max_length=256)] | None = None
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
-    repetition_penalty: float | None = Field(None, gt=0)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    top_k: int | None = Field(None, ge=0, le=1000)
+    repetition_penalty: float | None = Field(None, gt=0, le=10)
+    max_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     n: int = Field(1, ge=1, le=1, description="only one choice is generated")
     stream: bool = False
     #: chattune extension: store the exchange in this conversation
-    conversation_id: str | None = None
+    conversation_id: Id | None = None
 
     @field_validator("messages")
     @classmethod
@@ -55,6 +107,32 @@ class ChatCompletionRequest(BaseModel):
         if value[-1].role != "user":
             raise ValueError("the last message must have role 'user'")
         return value
+
+    @field_validator("stop")
+    @classmethod
+    def _bounded_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        """OpenAI's limits: at most 4 stop strings, each 1 to 64 characters."""
+        strings = [value] if isinstance(value, str) else value or []
+        if len(strings) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings")
+        for s in strings:
+            if not 1 <= len(s) <= MAX_STOP_CHARS:
+                raise ValueError(f"each stop string must be 1 to {MAX_STOP_CHARS} characters")
+            valid_unicode(s)
+        return value
+
+    @model_validator(mode="after")
+    def _total_size(self) -> ChatCompletionRequest:
+        total = sum(len(m.content) for m in self.messages)
+        if total > MAX_REQUEST_CHARS:
+            raise ValueError(
+                f"messages hold {total} characters; at most {MAX_REQUEST_CHARS} per request"
+            )
+        return self
+
+    @property
+    def stop_list(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
 def new_id(prefix: str) -> str:
@@ -111,10 +189,12 @@ def error_body(
 
 class NewConversation(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    title: str = Field("New chat", max_length=200)
+    title: Annotated[Text, StringConstraints(max_length=200)] = "New chat"
 
 
 class Feedback(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rating: Literal["up", "down"]
-    correction: str | None = Field(None, description="a better reply, used for training")
+    correction: Annotated[Text, StringConstraints(max_length=MAX_CORRECTION_CHARS)] | None = Field(
+        None, description="a better reply, used for training"
+    )

@@ -1,16 +1,26 @@
-"""What the HTTP routes do, without HTTP: validate against the model, generate, store.
+"""What the HTTP routes do, without HTTP: admit, validate, generate, store.
 
-Generation runs in worker threads (PyTorch releases the GIL), at most ``max_concurrency`` at
-a time; further requests wait in a FIFO queue of at most ``max_queue``, and beyond that are
-refused with 429 so a burst cannot pile up unbounded work.
+A request's life, cheapest check first, so a flood is turned away before it costs anything:
+
+1. **admit** (:class:`Slots`): at most ``max_concurrency + max_queue`` requests are in the
+   server at once; one more is refused with 429 and ``Retry-After`` right away. Admission is
+   synchronous on the event loop, so it is race-free: an admitted streaming request is never
+   refused after its 200 was sent.
+2. **cheap checks**: the ``max_tokens`` ceiling, the conversation's owner.
+3. **prepare** (worker thread): retrieval and the prompt; 400 if it does not fit.
+4. **generate** in a slot (worker thread, at most ``max_concurrency`` at once, FIFO), until
+   the reply ends, the client goes away (cancelled at the next token), or the request's
+   deadline passes (408, or an ``error`` event once streaming has begun).
+5. **store** the user message and the reply in one transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +29,17 @@ from chattune.chat.engine import ChatEngine, PromptTooLong
 from chattune.data.types import Message
 from chattune.knowledge.grounding import Grounding
 from chattune.model.generation import GenerationOptions
-from chattune.serve.protocol import ChatCompletionRequest, chunk, completion, new_id
+from chattune.serve.protocol import (
+    ChatCompletionRequest,
+    ServeOptions,
+    chunk,
+    completion,
+    error_body,
+    new_id,
+)
 from chattune.serve.store import Store
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -39,18 +58,41 @@ class ApiError(Exception):
         self.status, self.param, self.code, self.type = status, param, code, type_
         self.headers = headers or {}
 
+    def body(self) -> dict[str, Any]:
+        return error_body(str(self), self.type, self.param, self.code)
+
+
+class Ticket:
+    """One admitted request's place: released exactly once, whatever happens to it."""
+
+    def __init__(self, slots: Slots) -> None:
+        self.slots, self.holding, self.released = slots, False, False
+
+    async def acquire(self) -> None:
+        """Wait (FIFO) for a generation slot."""
+        await self.slots.semaphore.acquire()
+        self.holding = True
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self.slots.admitted -= 1
+        if self.holding:
+            self.slots.semaphore.release()
+
 
 class Slots:
-    """At most ``size`` generations at once, FIFO waiting, bounded queue."""
+    """At most ``size`` generations at once; at most ``max_queue`` admitted requests waiting."""
 
     def __init__(self, size: int, max_queue: int) -> None:
         self.semaphore = asyncio.Semaphore(size)
-        self.max_queue = max_queue
-        self.waiting = 0
+        self.limit = size + max_queue
+        self.admitted = 0
 
-    def check(self) -> None:
-        """Refuse now (429) if this request would have to wait in a full queue."""
-        if self.semaphore.locked() and self.waiting >= self.max_queue:
+    def admit(self) -> Ticket:
+        """A place in the server, or 429 now: no await, so no other request can interleave."""
+        if self.admitted >= self.limit:
             raise ApiError(
                 429,
                 "all generation slots are busy and the queue is full; retry",
@@ -58,23 +100,24 @@ class Slots:
                 type_="rate_limit_error",
                 headers={"Retry-After": "2"},
             )
+        self.admitted += 1
+        return Ticket(self)
 
     @asynccontextmanager
     async def hold(self) -> AsyncIterator[None]:
-        self.check()
-        self.waiting += 1
+        """Admit, wait for a slot, and release on exit."""
+        ticket = self.admit()
         try:
-            await self.semaphore.acquire()
-        finally:
-            self.waiting -= 1
-        try:
+            await ticket.acquire()
             yield
         finally:
-            self.semaphore.release()
+            ticket.release()
 
 
 @dataclass
 class Prepared:
+    """A request turned into what generation needs."""
+
     history: list[Message]
     system: str | None
     options: GenerationOptions
@@ -93,13 +136,38 @@ class ChatService:
         engine: ChatEngine,
         store: Store,
         model_name: str,
-        max_concurrency: int = 1,
-        max_queue: int = 8,
+        options: ServeOptions | None = None,
     ) -> None:
         self.engine, self.store, self.model_name = engine, store, model_name
-        self.slots = Slots(max_concurrency, max_queue)
+        self.settings = options or ServeOptions()
+        self.slots = Slots(self.settings.max_concurrency, self.settings.max_queue)
 
-    def prepare(self, req: ChatCompletionRequest) -> Prepared:
+    # ----- 2. cheap checks, 3. prepare -------------------------------------------------
+
+    def _max_tokens(self, req: ChatCompletionRequest) -> int:
+        asked = req.max_completion_tokens or req.max_tokens
+        limit = self.settings.max_tokens_limit
+        if asked is not None and asked > limit:
+            raise ApiError(
+                400, f"max_tokens {asked} is over this server's limit of {limit}", "max_tokens"
+            )
+        return asked or min(self.engine.profile.generation.max_new_tokens, limit)
+
+    def _check_conversation(self, owner: str, conversation_id: str | None) -> None:
+        if conversation_id and self.store.get_conversation(owner, conversation_id) is None:
+            raise ApiError(
+                404,
+                f"conversation {conversation_id!r} not found",
+                param="conversation_id",
+                code="not_found",
+            )
+
+    async def _prepare(self, req: ChatCompletionRequest, owner: str) -> Prepared:
+        max_tokens = self._max_tokens(req)
+        await asyncio.to_thread(self._check_conversation, owner, req.conversation_id)
+        return await asyncio.to_thread(self.prepare, req, max_tokens)
+
+    def prepare(self, req: ChatCompletionRequest, max_tokens: int | None = None) -> Prepared:
         """Turn a request into a prompt, or raise the 400 that names the bad field.
 
         Blocking (retrieval embeds the question): the routes run it in a worker thread.
@@ -107,7 +175,7 @@ class ChatService:
         system = "\n".join(m.content for m in req.messages if m.role == "system") or None
         history = [Message(m.role, m.content) for m in req.messages if m.role != "system"]
         options = self.engine.options(
-            max_new_tokens=req.max_completion_tokens or req.max_tokens,
+            max_new_tokens=max_tokens or req.max_completion_tokens or req.max_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
             top_k=req.top_k,
@@ -138,17 +206,124 @@ class ChatService:
                     param="max_tokens",
                 ) from None
             raise ApiError(400, str(e), param="messages", code="context_length_exceeded") from None
-        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        return Prepared(history, system, options, ids, stop, grounding)
+        return Prepared(history, system, options, ids, req.stop_list, grounding)
 
-    def _check_conversation(self, owner: str, conversation_id: str | None) -> None:
-        if conversation_id and self.store.get_conversation(owner, conversation_id) is None:
-            raise ApiError(
-                404,
-                f"conversation {conversation_id!r} not found",
-                param="conversation_id",
-                code="not_found",
+    # ----- 4. generate ------------------------------------------------------------------
+
+    async def _pieces(self, p: Prepared, cancel: threading.Event) -> AsyncIterator[str]:
+        """The engine's reply pieces, pumped from a worker thread, within the deadline."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+
+        def work() -> None:
+            try:
+                for piece in self.engine.stream(
+                    p.history, p.options, p.system, cancel, p.stop, p.prompt_ids, p.grounding
+                ):
+                    loop.call_soon_threadsafe(queue.put_nowait, piece)
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+            except BaseException as e:
+                loop.call_soon_threadsafe(queue.put_nowait, e)
+
+        worker = loop.run_in_executor(None, work)
+        deadline = loop.time() + self.settings.request_timeout
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    raise ApiError(
+                        408,
+                        f"no reply within the server's {self.settings.request_timeout:g} s "
+                        "request timeout",
+                        code="request_timeout",
+                        type_="timeout_error",
+                    ) from None
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancel.set()  # done, failed, timed out or abandoned: stop at the next token
+            # The slot is freed only once the model is idle again, but a backend that
+            # ignores cancel must not hold it for ever.
+            await asyncio.wait({worker}, timeout=30)
+
+    async def complete(
+        self,
+        req: ChatCompletionRequest,
+        owner: str,
+        disconnected: Callable[[], Awaitable[bool]] | None = None,
+    ) -> dict[str, Any]:
+        """A whole reply. A client that goes away mid-generation cancels it (nothing stored)."""
+        ticket = self.slots.admit()
+        cancel, watcher = threading.Event(), None
+        try:
+            p = await self._prepare(req, owner)
+            await ticket.acquire()
+            watcher = asyncio.create_task(_watch(disconnected, cancel)) if disconnected else None
+            try:
+                text = "".join([piece async for piece in self._pieces(p, cancel)]).strip()
+            finally:
+                if watcher:
+                    watcher.cancel()
+        finally:
+            ticket.release()
+        if watcher and watcher.done() and not watcher.cancelled() and watcher.result():
+            raise ApiError(499, "the client closed the request", code="client_closed_request")
+        finish, usage = self._finish(p, text)
+        extra = await asyncio.to_thread(self._store_exchange, owner, req.conversation_id, p, text)
+        return completion(self.model_name, text, finish, usage, {**extra, **p.sources(text)})
+
+    async def stream(
+        self, req: ChatCompletionRequest, owner: str
+    ) -> tuple[AsyncIterator[str], Ticket]:
+        """Server-sent events (role chunk, content chunks, final chunk, ``[DONE]``) and the
+        request's ticket, which the caller must release when the response ends, also if the
+        events are never iterated (see ``app.GuardedStreamingResponse``).
+
+        Everything that can fail with a status fails here, before the first byte. A failure
+        after it becomes an OpenAI-style ``error`` event that ends the stream. With a
+        knowledge base the role chunk and the final chunk carry ``sources``.
+        """
+        ticket = self.slots.admit()
+        try:
+            p = await self._prepare(req, owner)
+        except BaseException:
+            ticket.release()
+            raise
+        return self._events(req, owner, p, ticket), ticket
+
+    async def _events(
+        self, req: ChatCompletionRequest, owner: str, p: Prepared, ticket: Ticket
+    ) -> AsyncIterator[str]:
+        cid, name = new_id("chatcmpl"), self.model_name
+        try:
+            await ticket.acquire()
+            # Sources come first (the page shows them while the reply streams); the final
+            # chunk repeats them with ``cited`` set from the finished reply.
+            yield _sse(chunk(cid, name, {"role": "assistant", "content": ""}, None, p.sources()))
+            pieces: list[str] = []
+            async for piece in self._pieces(p, threading.Event()):
+                pieces.append(piece)
+                yield _sse(chunk(cid, name, {"content": piece}))
+            text = "".join(pieces).strip()
+            finish, usage = self._finish(p, text)
+            extra = await asyncio.to_thread(
+                self._store_exchange, owner, req.conversation_id, p, text
             )
+            yield _sse(chunk(cid, name, {}, finish, {"usage": usage, **extra, **p.sources(text)}))
+            yield "data: [DONE]\n\n"
+        except ApiError as e:
+            yield _sse(e.body())
+        except Exception:
+            log.exception("generation failed after the stream began")
+            yield _sse(error_body("internal error while generating the reply", "server_error"))
+        finally:
+            ticket.release()
+
+    # ----- 5. store ---------------------------------------------------------------------
 
     def _finish(self, p: Prepared, text: str) -> tuple[str, dict[str, int]]:
         if p.grounding and p.grounding.reply is not None:  # FAQ answer or "don't know"
@@ -163,90 +338,28 @@ class ChatService:
         return finish, usage
 
     def _store_exchange(
-        self, owner: str, conversation_id: str | None, p: Prepared, text: str, finish: str
+        self, owner: str, conversation_id: str | None, p: Prepared, text: str
     ) -> dict[str, Any]:
+        """Both messages in one transaction: a crash never stores a question without reply."""
         if not conversation_id:
             return {}
-        self.store.append(owner, conversation_id, "user", p.history[-1].content)
-        meta = {"finish_reason": finish, **p.sources(text)}
-        message_id = self.store.append(owner, conversation_id, "assistant", text, meta)
+        meta = {"finish_reason": self._finish(p, text)[0], **p.sources(text)}
+        message_id = self.store.append_exchange(
+            owner, conversation_id, p.history[-1].content, text, meta
+        )
+        if message_id is None:  # deleted while the reply was generated
+            raise ApiError(404, f"conversation {conversation_id!r} not found", code="not_found")
         return {"conversation_id": conversation_id, "message_id": message_id}
 
-    async def complete(self, req: ChatCompletionRequest, owner: str) -> dict[str, Any]:
-        p = await asyncio.to_thread(self.prepare, req)
-        self._check_conversation(owner, req.conversation_id)
-        async with self.slots.hold():
-            text = await asyncio.to_thread(
-                lambda: "".join(
-                    self.engine.stream(
-                        p.history,
-                        p.options,
-                        p.system,
-                        stop=p.stop,
-                        prompt_ids=p.prompt_ids,
-                        grounding=p.grounding,
-                    )
-                )
-            )
-        text = text.strip()
-        finish, usage = self._finish(p, text)
-        extra = self._store_exchange(owner, req.conversation_id, p, text, finish)
-        return completion(self.model_name, text, finish, usage, {**extra, **p.sources(text)})
 
-    async def stream(self, req: ChatCompletionRequest, owner: str) -> AsyncIterator[str]:
-        """Server-sent events: role chunk, content chunks, final chunk, ``[DONE]``.
-
-        With a knowledge base the role chunk and the final chunk carry ``sources``.
-
-        Validation happens before the first byte, so errors still get a proper status.
-        If the client goes away, the generator is closed and generation stops at the next
-        token, freeing the slot.
-        """
-        p = await asyncio.to_thread(self.prepare, req)
-        self._check_conversation(owner, req.conversation_id)
-        self.slots.check()  # a full queue is refused with a status, before any byte is sent
-        return self._events(req, owner, p)
-
-    async def _events(self, req: ChatCompletionRequest, owner: str, p: Prepared):
-        async with self.slots.hold():
-            async for event in self._generate_events(req, owner, p):
-                yield event
-
-    async def _generate_events(self, req: ChatCompletionRequest, owner: str, p: Prepared):
-        cid, name = new_id("chatcmpl"), self.model_name
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
-        cancel = threading.Event()
-
-        def work() -> None:
-            try:
-                for piece in self.engine.stream(
-                    p.history, p.options, p.system, cancel, p.stop, p.prompt_ids, p.grounding
-                ):
-                    loop.call_soon_threadsafe(queue.put_nowait, piece)
-                loop.call_soon_threadsafe(queue.put_nowait, None)
-            except BaseException as e:
-                loop.call_soon_threadsafe(queue.put_nowait, e)
-
-        worker = loop.run_in_executor(None, work)
-        pieces: list[str] = []
-        try:
-            # Sources come first (the page shows them while the reply streams); the final
-            # chunk repeats them with ``cited`` set from the finished reply.
-            yield _sse(chunk(cid, name, {"role": "assistant", "content": ""}, None, p.sources()))
-            while (item := await queue.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                pieces.append(item)
-                yield _sse(chunk(cid, name, {"content": item}))
-            text = "".join(pieces).strip()
-            finish, usage = self._finish(p, text)
-            extra = self._store_exchange(owner, req.conversation_id, p, text, finish)
-            yield _sse(chunk(cid, name, {}, finish, {"usage": usage, **extra, **p.sources(text)}))
-            yield "data: [DONE]\n\n"
-        finally:
-            cancel.set()  # the client went away or we are done: stop at the next token
-            await worker
+async def _watch(disconnected: Callable[[], Awaitable[bool]], cancel: threading.Event) -> bool:
+    """Poll for a client that went away; cancel its generation if so."""
+    while not cancel.is_set():
+        if await disconnected():
+            cancel.set()
+            return True
+        await asyncio.sleep(0.1)
+    return False
 
 
 def _sse(payload: dict[str, Any]) -> str:

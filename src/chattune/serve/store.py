@@ -4,7 +4,12 @@ Every conversation belongs to an owner (a hash of the API key that created it); 
 and write is filtered by owner, so one key can never see or change another key's data.
 SQLite runs in WAL mode with ``synchronous=FULL``: a write that returned has reached the
 log, and a server killed mid-write leaves an intact database. The schema is created and
-upgraded by Alembic migrations (``serve/migrations``), never by ``create_all``.
+upgraded by Alembic migrations (``serve/migrations``), never by ``create_all``; several
+processes may start on one fresh database at once (the migrations take turns).
+
+Messages are numbered per conversation (``seq`` 0, 1, 2, ...; unique). Writers to one
+conversation take turns (see ``Store._locked``), so concurrent appends never pick the same
+number, and a question and its reply are written in one transaction (``append_exchange``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import (
     Engine,
@@ -24,10 +29,13 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
+    delete,
     event,
     func,
     select,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
@@ -63,6 +71,9 @@ class ConversationRow(Base):
 
 class MessageRow(Base):
     __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
+    )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"), index=True)
     seq: Mapped[int] = mapped_column(Integer)
@@ -82,26 +93,35 @@ class FeedbackRow(Base):
     created_at: Mapped[dt.datetime]
 
 
+class FeedbackExample(TypedDict):
+    """One training conversation made from feedback, and whose conversation it came from."""
+
+    messages: list[dict[str, str]]
+    owner: str
+
+
 def _sqlite_pragmas(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout=5000")  # first: the others may wait for a lock
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=5000")
         cursor.close()
 
 
-def migrate(url: str) -> None:
-    """Bring the database at ``url`` to the newest schema (Alembic ``upgrade head``)."""
+def migrate(url: str, revision: str = "head") -> None:
+    """Bring the database at ``url`` to ``revision`` (Alembic ``upgrade``; the newest by
+    default). Safe to call from several processes at once: see ``migrations/env.py``."""
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", url)
-    command.upgrade(config, "head")
+    # Alembic's config is an .ini parser: a literal "%" (URL-quoted passwords) is written "%%".
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(config, revision)
 
 
 def database_url(value: str | None) -> str:
@@ -120,6 +140,10 @@ class Store:
         self.engine = create_engine(self.url)
         if self.engine.dialect.name == "sqlite":
             _sqlite_pragmas(self.engine)
+
+    def close(self) -> None:
+        """Close the pooled database connections (the store opens new ones if used again)."""
+        self.engine.dispose()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -173,25 +197,48 @@ class Store:
         content: str,
         meta: dict[str, Any] | None = None,
     ) -> str | None:
-        """Add a message; ``None`` if the conversation is not the owner's."""
+        """Add one message; its id, or ``None`` if the conversation is not the owner's."""
         with self.session() as s:
-            row = self._owned(s, owner, conversation_id)
+            row = self._locked(s, owner, conversation_id)
             if row is None:
                 return None
-            message = MessageRow(
-                id=f"msg-{uuid.uuid4().hex[:20]}",
-                conversation_id=row.id,
-                seq=s.scalar(select(func.count()).where(MessageRow.conversation_id == row.id)),
-                role=role,
-                content=content,
-                created_at=now(),
-                meta=json.dumps(meta or {}),
-            )
-            s.add(message)
-            row.updated_at = now()
-            if role == "user" and row.title == "New chat":
-                row.title = content.strip().splitlines()[0][:60] or row.title
-            return message.id
+            return self._add_message(s, row, role, content, meta)
+
+    def append_exchange(
+        self,
+        owner: str,
+        conversation_id: str,
+        user_text: str,
+        reply_text: str,
+        meta: dict[str, Any] | None = None,
+    ) -> str | None:
+        """Add a question and its reply in one transaction: both are stored, or neither.
+
+        ``meta`` (finish reason, sources) goes on the reply. Returns the reply's message id,
+        or ``None`` if the conversation is not the owner's.
+
+        Example:
+            >>> reply_id = store.append_exchange(owner, conv_id, "Hi", "Hello!")  # doctest: +SKIP
+        """
+        with self.session() as s:
+            row = self._locked(s, owner, conversation_id)
+            if row is None:
+                return None
+            self._add_message(s, row, "user", user_text, None)
+            return self._add_message(s, row, "assistant", reply_text, meta)
+
+    def delete_conversation(self, owner: str, conversation_id: str) -> bool:
+        """Delete the owner's conversation for good, with its messages and their feedback
+        (so it is gone from feedback exports too); ``False`` if it is not the owner's."""
+        with self.session() as s:
+            row = self._locked(s, owner, conversation_id)
+            if row is None:
+                return False
+            message_ids = select(MessageRow.id).where(MessageRow.conversation_id == row.id)
+            s.execute(delete(FeedbackRow).where(FeedbackRow.message_id.in_(message_ids)))
+            s.execute(delete(MessageRow).where(MessageRow.conversation_id == row.id))
+            s.execute(delete(ConversationRow).where(ConversationRow.id == row.id))
+            return True
 
     def add_feedback(
         self, owner: str, conversation_id: str, message_id: str, rating: str, correction: str | None
@@ -214,21 +261,31 @@ class Store:
             )
             return True
 
-    def feedback_conversations(self) -> Iterator[list[dict[str, str]]]:
+    def feedback_conversations(self, owner: str | None = None) -> Iterator[FeedbackExample]:
         """Training conversations from feedback: each thumbs-up reply with its history, and
-        each corrected reply with the correction in its place (newest feedback wins)."""
+        each corrected reply with the correction in its place (newest feedback wins).
+
+        Each comes with the owner hash of its conversation; ``owner`` keeps only that
+        owner's (to export, or leave out, one user's data).
+
+        Example:
+            >>> next(store.feedback_conversations(owner_of("sk-alice")))  # doctest: +SKIP
+            {'messages': [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', ...}],
+             'owner': '3f6c...'}
+        """
+        query = (
+            select(FeedbackRow, MessageRow, ConversationRow.owner)
+            .join(MessageRow, FeedbackRow.message_id == MessageRow.id)
+            .join(ConversationRow, MessageRow.conversation_id == ConversationRow.id)
+            .order_by(FeedbackRow.id)
+        )
+        if owner is not None:
+            query = query.where(ConversationRow.owner == owner)
         with self.session() as s:
-            rows = s.execute(
-                select(FeedbackRow, MessageRow)
-                .join(MessageRow, FeedbackRow.message_id == MessageRow.id)
-                .order_by(FeedbackRow.id)
-            ).all()
-            latest: dict[str, FeedbackRow] = {}
-            messages: dict[str, MessageRow] = {}
-            for fb, msg in rows:
-                latest[msg.id], messages[msg.id] = fb, msg
-            for message_id, fb in latest.items():
-                msg = messages[message_id]
+            latest: dict[str, tuple[FeedbackRow, MessageRow, str]] = {}
+            for fb, msg, conversation_owner in s.execute(query).all():
+                latest[msg.id] = fb, msg, conversation_owner
+            for fb, msg, conversation_owner in latest.values():
                 if fb.correction is None and fb.rating < 0:
                     continue  # a bare thumbs-down says what not to do, not what to do
                 history = s.scalars(
@@ -239,15 +296,61 @@ class Store:
                     .order_by(MessageRow.seq)
                 ).all()
                 reply = fb.correction if fb.correction else msg.content
-                yield [
+                messages = [
                     *({"role": m.role, "content": m.content} for m in history),
                     {"role": "assistant", "content": reply},
                 ]
+                yield {"messages": messages, "owner": conversation_owner}
 
     @staticmethod
     def _owned(s: Session, owner: str, conversation_id: str) -> ConversationRow | None:
         row = s.get(ConversationRow, conversation_id)
         return row if row is not None and row.owner == owner else None
+
+    @staticmethod
+    def _locked(s: Session, owner: str, conversation_id: str) -> ConversationRow | None:
+        """The owner's conversation, locked against other writers until ``s`` ends.
+
+        An append reads the highest ``seq`` and writes the next one; two writers doing that
+        at once would pick the same number (the unique constraint would then refuse one).
+        PostgreSQL locks the conversation's row (``FOR UPDATE``): a second writer waits, then
+        reads the first one's messages. SQLite allows one writer at a time, but its Python
+        driver starts the write transaction only at the first INSERT, after the read;
+        ``BEGIN IMMEDIATE`` takes the write lock before reading (others wait, busy_timeout).
+        """
+        if s.get_bind().dialect.name == "sqlite":
+            s.execute(text("BEGIN IMMEDIATE"))
+        return s.scalar(
+            select(ConversationRow)
+            .where(ConversationRow.id == conversation_id, ConversationRow.owner == owner)
+            .with_for_update()
+        )
+
+    @staticmethod
+    def _add_message(
+        s: Session, row: ConversationRow, role: str, content: str, meta: dict[str, Any] | None
+    ) -> str:
+        """Write one message at the next ``seq`` of ``row`` (locked by ``_locked``)."""
+        seq = s.scalar(
+            select(func.coalesce(func.max(MessageRow.seq) + 1, 0)).where(
+                MessageRow.conversation_id == row.id
+            )
+        )  # the query flushes earlier messages of this transaction first, so they count
+        message = MessageRow(
+            id=f"msg-{uuid.uuid4().hex[:20]}",
+            conversation_id=row.id,
+            seq=seq,
+            role=role,
+            content=content,
+            created_at=now(),
+            meta=json.dumps(meta or {}),
+        )
+        s.add(message)
+        row.updated_at = now()
+        if role == "user" and row.title == "New chat":
+            first_line = next(iter(content.strip().splitlines()), "")
+            row.title = first_line[:60] or row.title
+        return message.id
 
     @staticmethod
     def _summary(row: ConversationRow) -> dict[str, Any]:
