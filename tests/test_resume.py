@@ -1,8 +1,19 @@
-"""Crash safety: a run killed with SIGKILL and resumed matches the uninterrupted run."""
+"""Crash safety: a run killed with SIGKILL and resumed matches the uninterrupted run.
+
+Each crash test kills a tiny training run at one fault point (``ckpt.fault_point``: mid-step,
+mid-evaluation, between checkpoint files, before a rename, mid-swap of ``best``, half-way
+through the output...), checks the kill left exactly the debris that moment implies, then
+resumes with ``--resume`` and compares final weights, metric records and summary with one
+uninterrupted run. The points are drawn at random from every (point, step) the run reaches;
+the seed is in each test id. ``CHATTUNE_FAULT_SEED=N pytest tests/test_resume.py`` replays a
+failure's draw, or explores another one.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import random
 from pathlib import Path
 
 import pytest
@@ -10,12 +21,43 @@ import torch
 from safetensors.torch import load_file
 
 from chattune.train import checkpoint as ckpt
-from tests.conftest import run_cli, train_args
+from tests.conftest import conversation, run_cli, train_args, write_jsonl
+
+SEED = int(os.environ.get("CHATTUNE_FAULT_SEED", "13"))
+KILLS = 5
+SAVES = (2, 4, 6)  # the run below: 6 steps, evaluated and checkpointed every 2
+KEEP = 2  # train.keep_checkpoints' default: older checkpoints are pruned
+
+#: Every fault point and the steps at which the run below reaches it.
+POINTS: dict[str, tuple[int, ...]] = {
+    "step.after_update": (1, 2, 3, 4, 5, 6),
+    "step.end": (1, 2, 3, 4, 5, 6),  # at 2, 4, 6: right after the checkpoint
+    "eval.mid": SAVES,
+    "checkpoint.between_files": SAVES,
+    "checkpoint.before_rename": SAVES,
+    "best.before_rename": SAVES,  # the eval loss falls at every evaluation (checked below)
+    "best.between_renames": (4, 6),  # at 2 there is no old `best` to move aside
+    "output.partial": (6,),
+}
+AFTER_SAVE = {"step.end", "output.partial"}  # points that come after the step's checkpoint
+#: The hidden folders a kill at these points leaves in checkpoints/ (name prefixes, sorted).
+DEBRIS = {
+    "checkpoint.between_files": (".tmp-step-{step:07d}-",),
+    "checkpoint.before_rename": (".tmp-step-{step:07d}-",),
+    "best.before_rename": (".tmp-best-",),
+    "best.between_renames": (".old-best-", ".tmp-best-"),  # the old one aside, the new unpublished
+}
 
 
-def train(tiny_model_dir: Path, chat_files, out: Path, *extra: str, env: dict | None = None):
+def draw_faults(seed: int, n: int) -> list[tuple[str, int]]:
+    """``n`` (point, step) pairs: distinct kinds of moment, each at a random step it occurs."""
+    rng = random.Random(seed)
+    return [(point, rng.choice(POINTS[point])) for point in rng.sample(sorted(POINTS), n)]
+
+
+def train(model_dir: Path, data: tuple[Path, Path], out: Path, *extra: str, env=None):
     args = [
-        *train_args(tiny_model_dir, chat_files, out),
+        *train_args(model_dir, data, out),
         "--max-steps",
         "6",
         "--save-every",
@@ -35,29 +77,81 @@ def records(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_kill_9_then_resume_matches_the_uninterrupted_run(tiny_model_dir, chat_files, tmp_path):
-    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    assert train(tiny_model_dir, chat_files, straight).returncode == 0
+def summary(out: Path) -> dict:
+    meta = json.loads((out / "chattune.json").read_text())
+    meta.pop("tokens_per_s")  # a timing, not a result
+    return meta
 
-    killed = train(tiny_model_dir, chat_files, crashed, env={"CHATTUNE_FAULT_KILL_AT_STEP": "5"})
-    assert killed.returncode == -9  # SIGKILL: no cleanup ran
-    assert [p.name for p in ckpt.complete_checkpoints(crashed / "checkpoints")] == [
-        "step-0000002",
-        "step-0000004",
-    ]
-    assert max(r["step"] for r in records(crashed)) == 5  # step 5 was logged, then lost
 
-    resumed = train(tiny_model_dir, chat_files, crashed, "--resume")
+def hidden(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "checkpoints").glob(".*"))
+
+
+def complete(out: Path) -> list[str]:
+    return [p.name for p in ckpt.complete_checkpoints(out / "checkpoints")]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The ``chat_files`` data, made once for the module (the straight run is shared)."""
+    folder = tmp_path_factory.mktemp("resume-data")
+    train_file = write_jsonl(
+        folder / "train.jsonl", [conversation(i, i % 2 == 0) for i in range(16)]
+    )
+    val_file = write_jsonl(folder / "val.jsonl", [conversation(i) for i in range(4)])
+    return train_file, val_file
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_model_dir: Path, data, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run every crashed run must end up equal to."""
+    out = tmp_path_factory.mktemp("straight")
+    done = train(tiny_model_dir, data, out)
+    assert done.returncode == 0, done.stderr
+    # `best` is rewritten at every evaluation only if the eval loss keeps falling; the
+    # best.* points at steps 4 and 6 rely on it.
+    losses = [r["eval_loss"] for r in records(out) if "eval_loss" in r]
+    assert len(losses) == 3 and losses == sorted(set(losses), reverse=True), losses
+    return out
+
+
+@pytest.mark.parametrize(
+    ("point", "step"),
+    [pytest.param(p, s, id=f"seed{SEED}-{p}@{s}") for p, s in draw_faults(SEED, KILLS)],
+)
+def test_kill_9_then_resume_matches_the_uninterrupted_run(
+    point: str, step: int, tiny_model_dir, data, straight: Path, tmp_path
+) -> None:
+    crashed = tmp_path / "crashed"
+    killed = train(tiny_model_dir, data, crashed, env={ckpt.FAULT_ENV: f"{point}@{step}"})
+    assert killed.returncode == -9, f"{point}@{step} was never reached:\n{killed.stderr[-2000:]}"
+
+    # The kill happened where it claims: checkpoints up to the last one published...
+    saved = [k for k in SAVES if k < step or (k == step and point in AFTER_SAVE)]
+    assert complete(crashed) == [f"step-{k:07d}" for k in saved[-KEEP:]]
+    # ...and exactly the half-finished write that moment implies.
+    left, prefixes = hidden(crashed), DEBRIS.get(point, ())
+    assert len(left) == len(prefixes), left
+    assert all(n.startswith(p.format(step=step)) for n, p in zip(left, prefixes, strict=True))
+    if point == "best.between_renames":
+        assert not (crashed / "checkpoints" / "best").exists()
+
+    resumed = train(tiny_model_dir, data, crashed, "--resume")
     assert resumed.returncode == 0, resumed.stderr
+    assert hidden(crashed) == [] and complete(crashed) == complete(straight)
 
-    # Same steps, same losses (dropout is active, so RNG state was restored too).
+    # Same records: steps, losses and learning rates (dropout is active, so the RNG state
+    # was restored too), and no record logged twice or lost.
     a, b = records(straight), records(crashed)
     assert [sorted(r) for r in a] == [sorted(r) for r in b]
     for x, y in zip(a, b, strict=True):
-        assert x["step"] == y["step"]
-        for key in ("loss", "eval_loss"):
-            if key in x:
-                assert y[key] == pytest.approx(x[key], rel=1e-5), (x, y)
+        for key, value in x.items():
+            if key != "tokens_per_s":
+                assert y[key] == pytest.approx(value, rel=1e-5), (key, x, y)
+    sa, sb = summary(straight), summary(crashed)  # best step, final and best eval loss...
+    assert sa.keys() == sb.keys()
+    for key, value in sa.items():
+        assert sb[key] == (pytest.approx(value, abs=1e-4) if isinstance(value, float) else value)
     wa = load_file(straight / "adapter_model.safetensors")
     wb = load_file(crashed / "adapter_model.safetensors")
     assert wa.keys() == wb.keys()

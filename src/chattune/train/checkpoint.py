@@ -3,7 +3,8 @@
 Each checkpoint is written into a temporary folder, every file is fsynced, a ``COMPLETE``
 marker is written last, and the folder is renamed into place (atomic on POSIX). A run killed
 with ``kill -9`` at any moment leaves either the previous checkpoints or the new one, never a
-half-written one; stale temporary folders are swept on the next start.
+half-written one; stale temporary folders are swept on the next start. ``fault_point`` marks
+the moments where a kill is most likely to break that promise, so tests can kill runs there.
 
 Only trainable parameters are saved (a LoRA checkpoint is megabytes, not the whole base
 model); that is why this is not Accelerate's ``save_state``, which writes every weight.
@@ -15,7 +16,8 @@ import json
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass
+import signal
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,30 @@ import torch
 from safetensors.torch import load_file, save_file
 
 MARKER = "COMPLETE"
+
+#: Crash tests set this to ``POINT@STEP`` to kill the run at that moment; see ``fault_point``.
+FAULT_ENV = "CHATTUNE_FAULT_KILL_AT"
+
+
+def fault_point(name: str, step: int) -> None:
+    """SIGKILL this process here if ``CHATTUNE_FAULT_KILL_AT`` is ``name@step``.
+
+    A kill at a fault point is a real ``kill -9``: no ``finally``, no flush, no cleanup. The
+    points are the moments a resume has to get right (``tests/test_resume.py`` kills runs at them):
+
+    - ``step.after_update``: weights updated in memory, schedule and step count not yet
+    - ``step.end``: after the step's log record, evaluation and checkpoint (if any)
+    - ``eval.mid``: evaluating; the step is logged, its evaluation is not
+    - ``checkpoint.between_files``: a temp folder holding weights but no optimizer state
+    - ``checkpoint.before_rename`` / ``best.before_rename``: a temp folder that looks complete
+      (marker written, fsynced) but was never published
+    - ``best.between_renames``: the old ``best`` moved aside, the new one not yet in place
+    - ``output.partial``: training done, the output folder half-written
+
+    Example: ``CHATTUNE_FAULT_KILL_AT=checkpoint.before_rename@4 chattune train ...``
+    """
+    if os.environ.get(FAULT_ENV) == f"{name}@{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -36,6 +62,11 @@ class TrainState:
     best_step: int | None = None
     evals_without_gain: int = 0
     tokens_seen: int = 0
+    # The latest evaluation. Checkpointed so that a run resumed from the checkpoint written
+    # just after an evaluation neither repeats it (a second record, one more patience count)
+    # nor loses it (the final metrics in the summary).
+    last_eval_step: int = -1
+    last_eval: dict[str, float] = field(default_factory=dict)
 
 
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
@@ -66,8 +97,11 @@ def _fsync_tree(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(target: Path, write: Any) -> Path:
-    """Call ``write(tmp_folder)``, then publish ``tmp_folder`` as ``target`` atomically."""
+def write_atomically(target: Path, write: Any, kind: str = "folder", step: int = 0) -> Path:
+    """Call ``write(tmp_folder)``, then publish ``tmp_folder`` as ``target`` atomically.
+
+    ``kind`` and ``step`` name this write's fault points (``{kind}.before_rename@{step}``).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -75,9 +109,11 @@ def write_atomically(target: Path, write: Any) -> Path:
     write(tmp)
     (tmp / MARKER).write_text("ok\n")
     _fsync_tree(tmp)
+    fault_point(f"{kind}.before_rename", step)
     if target.exists():
         old = target.parent / f".old-{target.name}-{os.getpid()}"
         os.replace(target, old)
+        fault_point(f"{kind}.between_renames", step)
         os.replace(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
     else:
@@ -97,13 +133,14 @@ def save_checkpoint(
 
     def write(tmp: Path) -> None:
         save_file(trainable_state(model), tmp / "trainable.safetensors")
+        fault_point("checkpoint.between_files", state.step)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save({"python": random.getstate(), "torch": torch.get_rng_state()}, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2))
         (tmp / "config.yaml").write_text(config_yaml)
 
-    return write_atomically(folder, write)
+    return write_atomically(folder, write, "checkpoint", state.step)
 
 
 def save_best(folder: Path, model: Any, state: TrainState) -> Path:
@@ -111,7 +148,7 @@ def save_best(folder: Path, model: Any, state: TrainState) -> Path:
         save_file(trainable_state(model), tmp / "trainable.safetensors")
         (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2))
 
-    return write_atomically(folder, write)
+    return write_atomically(folder, write, "best", state.step)
 
 
 def complete_checkpoints(root: Path) -> list[Path]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
 import time
 from contextlib import nullcontext
@@ -42,9 +41,6 @@ from chattune.train.step import LabelledLoss, unwrap_peft
 
 log = logging.getLogger(__name__)
 
-#: Fault injection for crash tests: the process SIGKILLs itself right after this step.
-KILL_AT_STEP_ENV = "CHATTUNE_FAULT_KILL_AT_STEP"
-
 
 @dataclass
 class Data:
@@ -72,9 +68,7 @@ class Run:
     state: ckpt.TrainState = field(default_factory=ckpt.TrainState)
     stop_requested: bool = False  # Ctrl+C: checkpoint and exit
     early_stopped: bool = False
-    last_eval_step: int = -1
     last_saved_step: int = -1
-    last_eval: dict[str, float] = field(default_factory=dict)
 
     @property
     def is_main(self) -> bool:
@@ -160,6 +154,7 @@ def train_step(run: Run, group: list[list[int]]) -> tuple[float, int]:
     if run.cfg.train.max_grad_norm:
         run.accelerator.clip_grad_norm_(run.loss_module.parameters(), run.cfg.train.max_grad_norm)
     run.optimizer.step()
+    ckpt.fault_point("step.after_update", run.state.step + 1)
     run.scheduler.step()
     if run.prepared.after_step is not None:
         run.prepared.after_step(run.state.step + 1)
@@ -170,12 +165,13 @@ def train_step(run: Run, group: list[list[int]]) -> tuple[float, int]:
 
 def run_eval(run: Run, logger: MetricsLogger, epoch: float) -> dict[str, float]:
     """Evaluate once per step at most; log; track the best and early stopping."""
-    if run.last_eval_step != run.state.step:
-        run.last_eval_step = run.state.step
-        run.last_eval = evaluate(run) | generation_metrics(run)
-        logger.log({"step": run.state.step, "epoch": round(epoch, 4), **run.last_eval})
-        after_eval(run, run.last_eval)
-    return run.last_eval
+    s = run.state
+    if s.last_eval_step != s.step:
+        s.last_eval_step = s.step
+        s.last_eval = evaluate(run) | generation_metrics(run)
+        logger.log({"step": s.step, "epoch": round(epoch, 4), **s.last_eval})
+        after_eval(run, s.last_eval)
+    return s.last_eval
 
 
 @torch.no_grad()
@@ -193,6 +189,7 @@ def evaluate(run: Run) -> dict[str, float]:
         with run.accelerator.autocast():
             loss, n = run.loss_module(**to_device(batch, run.accelerator.device))
         total += torch.stack([loss.double(), n.double()])
+        ckpt.fault_point("eval.mid", run.state.step)
     total = run.accelerator.reduce(total, reduction="sum")
     run.loss_module.train()
     eval_loss = (total[0] / total[1].clamp(min=1)).item()
@@ -268,6 +265,7 @@ def maybe_resume(run: Run) -> None:
         log.warning("--resume: no complete checkpoint in %s; starting from scratch", root)
         return
     run.state = ckpt.load_checkpoint(found[-1], run.model, run.optimizer, run.scheduler)
+    run.last_saved_step = run.state.step  # that checkpoint is this step's: no need to rewrite it
     log.info("resumed from %s (step %d)", found[-1], run.state.step)
 
 
@@ -295,6 +293,7 @@ def save_output(run: Run, summary: dict[str, Any]) -> None:
         return
     model = run.model
     model.save_pretrained(run.output, safe_serialization=True)
+    ckpt.fault_point("output.partial", run.state.step)
     run.tokenizer.save_pretrained(run.output)
     (run.output / "config.yaml").write_text(dump_config(run.cfg))
     meta = {"base": run.cfg.model.base, "method": run.cfg.adapter.method, **summary}
@@ -333,7 +332,6 @@ def progress_bar(run: Run) -> Any:
 def train_loop(run: Run, logger: MetricsLogger) -> bool:
     """Step until done, early-stopped or interrupted; return True if interrupted."""
     cfg, s = run.cfg.train, run.state
-    kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0"))
     bar = progress_bar(run)
     run.loss_module.train()
     while s.step < run.total_steps and not (run.stop_requested or run.early_stopped):
@@ -364,8 +362,7 @@ def train_loop(run: Run, logger: MetricsLogger) -> bool:
                 run_eval(run, logger, epoch)
             if cfg.save_every and s.step % cfg.save_every == 0:
                 save_checkpoint(run)
-            if kill_at and s.step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+            ckpt.fault_point("step.end", s.step)
             if run.stop_requested or run.early_stopped:
                 break
         if s.batch_in_epoch >= len(batches):  # the epoch is done (not merely the run)
