@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from chattune.chat.engine import ChatEngine, TransformersBackend
+from chattune.backends.transformers import TransformersBackend
+from chattune.chat.engine import ChatEngine
 from chattune.knowledge.grounding import Knowledge, KnowledgeSettings
 from chattune.knowledge.retrieve import Retriever
 from chattune.knowledge.store import KnowledgeBase
 from chattune.model.loading import load_model
 from chattune.serve.app import build_app
 from chattune.serve.store import Store
-from tests.conftest import free_port, live_server
-from tests.test_chat import FakeBackend
+from tests.conftest import FakeBackend, free_port, live_server
 
 
 @pytest.fixture(scope="module")
@@ -252,20 +252,28 @@ def test_sigterm_finishes_in_flight_reply_and_exits_0(tiny_model_dir, tmp_path) 
     db, port = tmp_path / "chat.db", free_port()
     proc = _start(tiny_model_dir, db, port)
     result: dict = {}
+    in_flight = threading.Event()
 
     def request() -> None:
-        r = httpx.post(
+        with httpx.stream(
+            "POST",
             f"http://127.0.0.1:{port}/v1/chat/completions",
             timeout=60,
             headers={"Authorization": "Bearer k"},
-            json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 200},
-        )
-        result["status"] = r.status_code
+            json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 200,
+                  "stream": True},
+        ) as r:  # fmt: skip
+            lines = r.iter_lines()
+            result["first"] = next(lines)  # the slot is held: the reply is being generated
+            in_flight.set()
+            result["last"] = [x for x in lines if x][-1]
+            result["status"] = r.status_code
 
     t = threading.Thread(target=request)
     t.start()
-    time.sleep(0.3)  # the request is in flight
+    assert in_flight.wait(60), "the request never started"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
     t.join()
+    assert result["last"] == "data: [DONE]"  # the in-flight reply was finished, not cut off
     assert result.get("status") == 200  # the in-flight reply was finished, not cut off

@@ -18,15 +18,8 @@ from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from chattune.serve.store import (
-    MIGRATIONS,
-    FeedbackRow,
-    MessageRow,
-    Store,
-    migrate,
-    now,
-    owner_of,
-)
+from chattune.serve.schema import MIGRATIONS, FeedbackRow, MessageRow, migrate, now, owner_of
+from chattune.serve.store import Store
 
 ALICE, BOB = owner_of("sk-alice"), owner_of("sk-bob")
 
@@ -239,8 +232,7 @@ def test_a_live_server_writes_through_the_database(db_url: str, tokenizer) -> No
 
     from chattune.chat.engine import ChatEngine
     from chattune.serve.app import build_app
-    from tests.conftest import live_server
-    from tests.test_chat import FakeBackend
+    from tests.conftest import FakeBackend, live_server
 
     store = Store(db_url)
     app = build_app(ChatEngine(FakeBackend(tokenizer, ["Over ", "$60."])), store, "tiny", ["k"])

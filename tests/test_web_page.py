@@ -19,8 +19,7 @@ import pytest
 from chattune.chat.engine import ChatEngine
 from chattune.serve.app import PAGE_HEADERS, STATIC, build_app
 from chattune.serve.store import Store
-from tests.conftest import live_server
-from tests.test_chat import FakeBackend
+from tests.conftest import FakeBackend, live_server
 
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -18,13 +18,14 @@ import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chattune.chat.engine import ChatEngine
+from chattune.serve.admission import ApiError
+from chattune.serve.guards import BodyLimit, GuardedStreamingResponse, LoopbackHostOnly, NoSniff
 from chattune.serve.protocol import (
     ChatCompletionRequest,
     Feedback,
@@ -32,12 +33,12 @@ from chattune.serve.protocol import (
     ServeOptions,
     error_body,
 )
-from chattune.serve.service import ApiError, ChatService, Ticket
-from chattune.serve.store import Store, owner_of
+from chattune.serve.schema import owner_of
+from chattune.serve.service import ChatService
+from chattune.serve.store import Store
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 #: The page loads only its own script and style, talks only to this server, and can't be
 #: framed; a reply rendered as HTML by mistake could run no script of its own.
@@ -92,105 +93,21 @@ def build_app(
     return app
 
 
-# ----- guards (pure ASGI: they answer before FastAPI parses anything) -------------------
-
-
-async def _send_error(send: Send, status: int, body: dict[str, Any]) -> None:
-    response = JSONResponse(body, status)
-    await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
-    await send({"type": "http.response.body", "body": response.body})
-
-
-class NoSniff:
-    """``X-Content-Type-Options: nosniff`` on every response: a reply or a stored message
-    served as JSON is never guessed to be HTML by a browser."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def with_header(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message["headers"], (b"x-content-type-options", b"nosniff")]
-            await send(message)
-
-        await self.app(scope, receive, with_header if scope["type"] == "http" else send)
-
-
-class BodyLimit:
-    """413 for a body over ``limit`` bytes: by its ``Content-Length`` before reading a byte,
-    or, for a chunked body, as soon as the bytes read pass the limit."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return await _send_error(send, 413, self._error())
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:  # FastAPI turns its own HTTPException into our handler's 413
-                raise HTTPException(413, self._error()["error"]["message"])
-            return message
-
-        await self.app(scope, limited, send)
-
-    def _error(self) -> dict[str, Any]:
-        return error_body(f"request body larger than {self.limit} bytes", code="request_too_large")
-
-
-class LoopbackHostOnly:
-    """On an open (keyless) server, refuse requests whose ``Host`` is not a loopback name."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
-            name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:].split("]")[0]
-            if name not in LOOPBACK_HOSTS:
-                return await _send_error(
-                    send,
-                    400,
-                    error_body(
-                        f"Host {host!r} refused: this server has no API key, so it answers "
-                        "only requests addressed to localhost or 127.0.0.1; start it with "
-                        "--api-key to serve other names",
-                        code="invalid_host",
-                    ),
-                )
-        await self.app(scope, receive, send)
-
-
-class GuardedStreamingResponse(StreamingResponse):
-    """Releases the request's slot when the response ends, however it ends: Starlette
-    does not run an event generator's ``finally`` if the client left before the first
-    event, and a leaked slot would shrink the server for good."""
-
-    def __init__(self, content: Any, ticket: Ticket, **kwargs: Any) -> None:
-        super().__init__(content, **kwargs)
-        self.ticket = ticket
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.ticket.release()
-
-
 # ----- errors: OpenAI's shape, real status codes, never a traceback to the client -------
 
 
+#: Names pydantic puts in an error's location for the branch of a union it tried.
+_BRANCHES = {"str", "int", "float", "bool", "list", "dict", "none", "function-after"}
+
+
 def _param(loc: tuple[Any, ...]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    """The request field an error is about: ``messages.0.content``, not pydantic's
+    ``body.messages.0.content.str`` (the union branch it tried last)."""
+    parts = [
+        str(p)
+        for p in loc
+        if p not in ("body", "query", "path") and str(p).split("[")[0] not in _BRANCHES
+    ]
     return ".".join(parts) or None
 
 
@@ -200,6 +117,8 @@ async def _api_error(_: Request, e: ApiError) -> JSONResponse:
 
 async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
     first = e.errors()[0]
+    if first.get("type") == "json_invalid":  # its location is a byte offset, not a field
+        return JSONResponse(error_body(f"invalid JSON: {first['msg']}"), 400)
     param = _param(tuple(first.get("loc", ())))
     message = f"{param}: {first['msg']}" if param else first["msg"]
     return JSONResponse(error_body(message, param=param), 400)

@@ -21,7 +21,6 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +28,7 @@ from chattune.chat.engine import ChatEngine, PromptTooLong
 from chattune.data.types import Message
 from chattune.knowledge.grounding import Grounding
 from chattune.model.generation import GenerationOptions
+from chattune.serve.admission import ApiError, Slots, Ticket
 from chattune.serve.protocol import (
     ChatCompletionRequest,
     ServeOptions,
@@ -42,80 +42,8 @@ from chattune.serve.store import Store
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
-    """An error with an HTTP status and OpenAI's error fields."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        param: str | None = None,
-        code: str | None = None,
-        type_: str = "invalid_request_error",
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.param, self.code, self.type = status, param, code, type_
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return error_body(str(self), self.type, self.param, self.code)
-
-
-class Ticket:
-    """One admitted request's place: released exactly once, whatever happens to it."""
-
-    def __init__(self, slots: Slots) -> None:
-        self.slots, self.holding, self.released = slots, False, False
-
-    async def acquire(self) -> None:
-        """Wait (FIFO) for a generation slot."""
-        await self.slots.semaphore.acquire()
-        self.holding = True
-
-    def release(self) -> None:
-        if self.released:
-            return
-        self.released = True
-        self.slots.admitted -= 1
-        if self.holding:
-            self.slots.semaphore.release()
-
-
-class Slots:
-    """At most ``size`` generations at once; at most ``max_queue`` admitted requests waiting."""
-
-    def __init__(self, size: int, max_queue: int) -> None:
-        self.semaphore = asyncio.Semaphore(size)
-        self.limit = size + max_queue
-        self.admitted = 0
-
-    def admit(self) -> Ticket:
-        """A place in the server, or 429 now: no await, so no other request can interleave."""
-        if self.admitted >= self.limit:
-            raise ApiError(
-                429,
-                "all generation slots are busy and the queue is full; retry",
-                code="rate_limit_exceeded",
-                type_="rate_limit_error",
-                headers={"Retry-After": "2"},
-            )
-        self.admitted += 1
-        return Ticket(self)
-
-    @asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
-        """Admit, wait for a slot, and release on exit."""
-        ticket = self.admit()
-        try:
-            await ticket.acquire()
-            yield
-        finally:
-            ticket.release()
-
-
 @dataclass
-class Prepared:
+class PreparedRequest:
     """A request turned into what generation needs."""
 
     history: list[Message]
@@ -162,12 +90,12 @@ class ChatService:
                 code="not_found",
             )
 
-    async def _prepare(self, req: ChatCompletionRequest, owner: str) -> Prepared:
+    async def _prepare(self, req: ChatCompletionRequest, owner: str) -> PreparedRequest:
         max_tokens = self._max_tokens(req)
         await asyncio.to_thread(self._check_conversation, owner, req.conversation_id)
         return await asyncio.to_thread(self.prepare, req, max_tokens)
 
-    def prepare(self, req: ChatCompletionRequest, max_tokens: int | None = None) -> Prepared:
+    def prepare(self, req: ChatCompletionRequest, max_tokens: int | None = None) -> PreparedRequest:
         """Turn a request into a prompt, or raise the 400 that names the bad field.
 
         Blocking (retrieval embeds the question): the routes run it in a worker thread.
@@ -176,16 +104,14 @@ class ChatService:
         history = [Message(m.role, m.content) for m in req.messages if m.role != "system"]
         options = self.engine.options(
             max_new_tokens=max_tokens or req.max_completion_tokens or req.max_tokens,
-            temperature=req.temperature,
+            temperature=req.temperature or None,  # OpenAI's 0 means greedy, set below
             top_p=req.top_p,
             top_k=req.top_k,
             repetition_penalty=req.repetition_penalty,
             seed=req.seed,
         )
         if req.temperature is not None:  # OpenAI: temperature 0 means greedy
-            options = options.model_copy(
-                update={"do_sample": req.temperature > 0, "temperature": max(req.temperature, 1e-3)}
-            )
+            options = options.model_copy(update={"do_sample": req.temperature > 0})
         context = self.engine.backend.context_window
         if options.max_new_tokens >= context:
             raise ApiError(
@@ -206,11 +132,11 @@ class ChatService:
                     param="max_tokens",
                 ) from None
             raise ApiError(400, str(e), param="messages", code="context_length_exceeded") from None
-        return Prepared(history, system, options, ids, req.stop_list, grounding)
+        return PreparedRequest(history, system, options, ids, req.stop_list, grounding)
 
     # ----- 4. generate ------------------------------------------------------------------
 
-    async def _pieces(self, p: Prepared, cancel: threading.Event) -> AsyncIterator[str]:
+    async def _pieces(self, p: PreparedRequest, cancel: threading.Event) -> AsyncIterator[str]:
         """The engine's reply pieces, pumped from a worker thread, within the deadline."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
@@ -296,7 +222,7 @@ class ChatService:
         return self._events(req, owner, p, ticket), ticket
 
     async def _events(
-        self, req: ChatCompletionRequest, owner: str, p: Prepared, ticket: Ticket
+        self, req: ChatCompletionRequest, owner: str, p: PreparedRequest, ticket: Ticket
     ) -> AsyncIterator[str]:
         cid, name = new_id("chatcmpl"), self.model_name
         try:
@@ -325,7 +251,7 @@ class ChatService:
 
     # ----- 5. store ---------------------------------------------------------------------
 
-    def _finish(self, p: Prepared, text: str) -> tuple[str, dict[str, int]]:
+    def _finish(self, p: PreparedRequest, text: str) -> tuple[str, dict[str, int]]:
         if p.grounding and p.grounding.reply is not None:  # FAQ answer or "don't know"
             return "stop", {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         n = len(self.engine.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -338,7 +264,7 @@ class ChatService:
         return finish, usage
 
     def _store_exchange(
-        self, owner: str, conversation_id: str | None, p: Prepared, text: str
+        self, owner: str, conversation_id: str | None, p: PreparedRequest, text: str
     ) -> dict[str, Any]:
         """Both messages in one transaction: a crash never stores a question without reply."""
         if not conversation_id:

@@ -14,83 +14,30 @@ number, and a question and its reply are written in one transaction (``append_ex
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, TypedDict
 
 from sqlalchemy import (
-    Engine,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
     create_engine,
     delete,
-    event,
     func,
     select,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm import Session
 
-MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
-def owner_of(api_key: str | None) -> str:
-    """Who owns data made with ``api_key``: a hash, so keys are never stored."""
-    if not api_key:
-        return "anonymous"
-    return hashlib.sha256(api_key.encode()).hexdigest()[:32]
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class ConversationRow(Base):
-    __tablename__ = "conversations"
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    owner: Mapped[str] = mapped_column(String(64), index=True)
-    title: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[dt.datetime]
-    updated_at: Mapped[dt.datetime]
-    messages: Mapped[list[MessageRow]] = relationship(
-        order_by="MessageRow.seq", cascade="all, delete-orphan"
-    )
-
-
-class MessageRow(Base):
-    __tablename__ = "messages"
-    __table_args__ = (
-        UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
-    )
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"), index=True)
-    seq: Mapped[int] = mapped_column(Integer)
-    role: Mapped[str] = mapped_column(String(16))
-    content: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[dt.datetime]
-    meta: Mapped[str] = mapped_column(Text, default="{}")  # JSON: sources, finish reason
-
-
-class FeedbackRow(Base):
-    __tablename__ = "feedback"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id"), index=True)
-    owner: Mapped[str] = mapped_column(String(64))
-    rating: Mapped[int] = mapped_column(Integer)  # +1 / -1
-    correction: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[dt.datetime]
+from chattune.serve.schema import (
+    ConversationRow,
+    FeedbackRow,
+    MessageRow,
+    database_url,
+    migrate,
+    now,
+    sqlite_pragmas,
+)
 
 
 class FeedbackExample(TypedDict):
@@ -98,37 +45,6 @@ class FeedbackExample(TypedDict):
 
     messages: list[dict[str, str]]
     owner: str
-
-
-def _sqlite_pragmas(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout=5000")  # first: the others may wait for a lock
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-
-def migrate(url: str, revision: str = "head") -> None:
-    """Bring the database at ``url`` to ``revision`` (Alembic ``upgrade``; the newest by
-    default). Safe to call from several processes at once: see ``migrations/env.py``."""
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    # Alembic's config is an .ini parser: a literal "%" (URL-quoted passwords) is written "%%".
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(config, revision)
-
-
-def database_url(value: str | None) -> str:
-    """``--db``: a SQLAlchemy URL, or a plain path meaning a SQLite file."""
-    if not value:
-        value = "chattune.db"
-    return value if "://" in value else f"sqlite:///{Path(value).expanduser()}"
 
 
 class Store:
@@ -139,7 +55,7 @@ class Store:
         migrate(self.url)
         self.engine = create_engine(self.url)
         if self.engine.dialect.name == "sqlite":
-            _sqlite_pragmas(self.engine)
+            sqlite_pragmas(self.engine)
 
     def close(self) -> None:
         """Close the pooled database connections (the store opens new ones if used again)."""

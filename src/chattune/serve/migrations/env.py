@@ -1,4 +1,4 @@
-"""Alembic environment: migrations run programmatically from chattune.serve.store.migrate.
+"""Alembic environment: migrations run programmatically from chattune.serve.schema.migrate.
 
 Several processes may open one fresh database at once (two servers, a server and an export),
 and each runs ``upgrade head``. Unguarded, both would see no tables and both create them;
