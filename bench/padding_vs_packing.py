@@ -26,7 +26,7 @@ from chattune.data.readers import read_conversations
 from chattune.data.render import MaskPolicy
 from chattune.model.adapters import prepare
 from chattune.model.loading import load_base
-from chattune.train.step import LabelledLoss, unwrap_peft
+from chattune.model.loss import LabelledLoss, unwrap_peft
 
 DATA = Path(__file__).resolve().parent.parent / "examples" / "support" / "train.jsonl"
 N, BATCH = 48, 8

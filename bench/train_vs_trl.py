@@ -63,7 +63,7 @@ def shared_eval_loss(model, tokenizer) -> float:
     from chattune.data.dataset import encode_conversations
     from chattune.data.readers import read_conversations
     from chattune.data.render import MaskPolicy
-    from chattune.train.step import LabelledLoss
+    from chattune.model.loss import LabelledLoss
 
     examples, _ = encode_conversations(
         read_conversations(VAL), tokenizer, MAX_LEN, MaskPolicy.ASSISTANT
@@ -80,7 +80,8 @@ def shared_eval_loss(model, tokenizer) -> float:
 def run_chattune(steps: int, *extra: str) -> dict:
     """chattune's defaults for this recipe; ``extra`` overrides (``key=value``) on top."""
     from chattune.config import build_config
-    from chattune.train.loop import build_run, train
+    from chattune.train.loop import fit
+    from chattune.train.setup import build_run
 
     out = Path(tempfile.mkdtemp(prefix="bench-chattune-"))
     cfg = build_config(
@@ -98,7 +99,7 @@ def run_chattune(steps: int, *extra: str) -> dict:
         ],
     )
     run = build_run(cfg)
-    summary = train(run)
+    summary = fit(run)
     return {
         "tokens_per_s": summary["tokens_per_s"],
         "eval_loss": shared_eval_loss(run.model, run.tokenizer),

@@ -9,13 +9,14 @@ import sys
 from pathlib import Path
 
 from chattune.config import build_config
-from chattune.train.loop import build_run, train
+from chattune.train.loop import fit
+from chattune.train.setup import build_run
 
 
 def main() -> None:
     digests, *overrides = sys.argv[1:]
     run = build_run(build_config(overrides=overrides))
-    summary = train(run)
+    summary = fit(run)
     h = hashlib.sha256()
     for name, p in sorted(run.model.named_parameters()):
         if p.requires_grad:

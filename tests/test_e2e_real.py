@@ -13,7 +13,7 @@ import pytest
 from chattune.data.readers import read_conversations
 from chattune.data.render import encode_conversation
 from chattune.model.loading import load_model
-from chattune.train.metrics import read_metrics
+from chattune.runs import read_metrics
 from tests.test_render import trained_spans
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,8 @@ def test_real_template_masks_exactly_the_replies(smollm2) -> None:
 
 
 def test_train_a_few_steps_then_generate(tmp_path) -> None:
-    from chattune.chat.generate import generate_reply
+    from chattune.backends.transformers import TransformersBackend
+    from chattune.chat.engine import ChatEngine
     from chattune.config import build_config
     from chattune.data.types import Message
     from chattune.train.loop import run_train
@@ -65,6 +66,6 @@ def test_train_a_few_steps_then_generate(tmp_path) -> None:
     assert [m["step"] for m in read_metrics(out) if "loss" in m] == [1, 2, 3]
     assert (out / "adapter_model.safetensors").exists()
 
-    model, tokenizer = load_model(str(out))
-    reply = generate_reply(model, tokenizer, [Message("user", "Is shipping free?")], 24)
-    assert isinstance(reply, str) and reply.strip()
+    engine = ChatEngine(TransformersBackend(*load_model(str(out))))
+    (reply,) = engine.generate([[Message("user", "Is shipping free?")]])
+    assert reply.text and reply.n_tokens > 0  # the reloaded adapter answers through the engine

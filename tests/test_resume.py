@@ -1,12 +1,15 @@
 """Crash safety: a run killed with SIGKILL and resumed matches the uninterrupted run.
 
-Each crash test kills a tiny training run at one fault point (``ckpt.fault_point``: mid-step,
-mid-evaluation, between checkpoint files, before a rename, mid-swap of ``best``, half-way
-through the output...), checks the kill left exactly the debris that moment implies, then
-resumes with ``--resume`` and compares final weights, metric records and summary with one
-uninterrupted run. The points are drawn at random from every (point, step) the run reaches;
-the seed is in each test id. ``CHATTUNE_FAULT_SEED=N pytest tests/test_resume.py`` replays a
-failure's draw, or explores another one.
+Each crash test kills a tiny training run at one named point (``TrainHooks.point``:
+mid-step, mid-evaluation, between checkpoint files, before a rename, mid-swap of ``best``,
+half-way through the output...), checks the kill left exactly the debris that moment implies,
+then resumes it (``train.resume=true``) and compares final weights, metric records and
+summary with one uninterrupted run. The kill comes from ``tests/kill_worker.py``, a
+subprocess that runs the same settings through ``run_train`` with a point hook that kills
+its own process; the straight and the resumed runs need no kill and run in this one. The
+points are drawn at random from every (point, step) the run reaches; the seed is in each
+test id. ``CHATTUNE_FAULT_SEED=N pytest tests/test_resume.py`` replays a failure's draw, or
+explores another one.
 """
 
 from __future__ import annotations
@@ -14,15 +17,21 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from chattune.config import build_config
+from chattune.train import TrainHooks, run_train
 from chattune.train import checkpoint as ckpt
-from tests.conftest import conversation, run_cli, train_args, write_jsonl
+from chattune.train.hooks import POINTS as NAMED_POINTS
+from tests.conftest import conversation, write_jsonl
 
+KILL_WORKER = Path(__file__).parent / "kill_worker.py"
 SEED = int(os.environ.get("CHATTUNE_FAULT_SEED", "13"))
 KILLS = 5
 SAVES = (2, 4, 6)  # the run below: 6 steps, evaluated and checkpointed every 2
@@ -55,22 +64,28 @@ def draw_faults(seed: int, n: int) -> list[tuple[str, int]]:
     return [(point, rng.choice(POINTS[point])) for point in rng.sample(sorted(POINTS), n)]
 
 
-def train(model_dir: Path, data: tuple[Path, Path], out: Path, *extra: str, env=None):
-    args = [
-        *train_args(model_dir, data, out),
-        "--max-steps",
-        "6",
-        "--save-every",
-        "2",
-        "--eval-every",
-        "2",
+def settings(model_dir: Path, data: tuple[Path, Path], out: Path) -> list[str]:
+    """The run every test here makes, as ``key=value`` settings (``chattune train`` takes them)."""
+    train_file, val_file = data
+    return [
+        f"model.base={model_dir}",
+        f"data.train=[{train_file}]",
+        f"data.val=[{val_file}]",
+        f"train.output={out}",
+        "train.max_steps=6",
+        "train.save_every=2",
+        "train.eval_every=2",
         "train.batch_size=4",
         "adapter.dropout=0.1",
         "train.lr=1e-2",
         "train.progress=false",
-        *extra,
     ]
-    return run_cli(*args, env=env)
+
+
+def kill_9_at(point: str, step: int, run: list[str]) -> subprocess.CompletedProcess:
+    """Train with ``run``'s settings in a subprocess that kills itself at ``point@step``."""
+    cmd = [sys.executable, str(KILL_WORKER), f"{point}@{step}", *run]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
 def records(out: Path) -> list[dict]:
@@ -103,16 +118,27 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def straight(tiny_model_dir: Path, data, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The uninterrupted run every crashed run must end up equal to."""
+def straight(tiny_model_dir: Path, data, tmp_path_factory: pytest.TempPathFactory):
+    """The uninterrupted run every crashed run must end up equal to, and the points it passed.
+
+    It runs in this process with a point hook that records every (point, step).
+    """
     out = tmp_path_factory.mktemp("straight")
-    done = train(tiny_model_dir, data, out)
-    assert done.returncode == 0, done.stderr
+    passed: list[tuple[str, int]] = []
+    cfg = build_config(overrides=settings(tiny_model_dir, data, out))
+    run_train(cfg, TrainHooks(point=lambda name, step: passed.append((name, step))))
     # `best` is rewritten at every evaluation only if the eval loss keeps falling; the
     # best.* points at steps 4 and 6 rely on it.
     losses = [r["eval_loss"] for r in records(out) if "eval_loss" in r]
     assert len(losses) == 3 and losses == sorted(set(losses), reverse=True), losses
-    return out
+    return out, passed
+
+
+def test_every_named_point_is_reached_where_the_table_says(straight) -> None:
+    """The draw below covers every point the library names, at every step it occurs."""
+    _, passed = straight
+    assert set(POINTS) == set(NAMED_POINTS)
+    assert sorted(set(passed)) == sorted((p, s) for p, steps in POINTS.items() for s in steps)
 
 
 @pytest.mark.parametrize(
@@ -120,10 +146,12 @@ def straight(tiny_model_dir: Path, data, tmp_path_factory: pytest.TempPathFactor
     [pytest.param(p, s, id=f"seed{SEED}-{p}@{s}") for p, s in draw_faults(SEED, KILLS)],
 )
 def test_kill_9_then_resume_matches_the_uninterrupted_run(
-    point: str, step: int, tiny_model_dir, data, straight: Path, tmp_path
+    point: str, step: int, tiny_model_dir, data, straight, tmp_path
 ) -> None:
+    reference, _ = straight
     crashed = tmp_path / "crashed"
-    killed = train(tiny_model_dir, data, crashed, env={ckpt.FAULT_ENV: f"{point}@{step}"})
+    run = settings(tiny_model_dir, data, crashed)
+    killed = kill_9_at(point, step, run)
     assert killed.returncode == -9, f"{point}@{step} was never reached:\n{killed.stderr[-2000:]}"
 
     # The kill happened where it claims: checkpoints up to the last one published...
@@ -136,23 +164,22 @@ def test_kill_9_then_resume_matches_the_uninterrupted_run(
     if point == "best.between_renames":
         assert not (crashed / "checkpoints" / "best").exists()
 
-    resumed = train(tiny_model_dir, data, crashed, "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    assert hidden(crashed) == [] and complete(crashed) == complete(straight)
+    run_train(build_config(overrides=[*run, "train.resume=true"]))
+    assert hidden(crashed) == [] and complete(crashed) == complete(reference)
 
     # Same records: steps, losses and learning rates (dropout is active, so the RNG state
     # was restored too), and no record logged twice or lost.
-    a, b = records(straight), records(crashed)
+    a, b = records(reference), records(crashed)
     assert [sorted(r) for r in a] == [sorted(r) for r in b]
     for x, y in zip(a, b, strict=True):
         for key, value in x.items():
             if key != "tokens_per_s":
                 assert y[key] == pytest.approx(value, rel=1e-5), (key, x, y)
-    sa, sb = summary(straight), summary(crashed)  # best step, final and best eval loss...
+    sa, sb = summary(reference), summary(crashed)  # best step, final and best eval loss...
     assert sa.keys() == sb.keys()
     for key, value in sa.items():
         assert sb[key] == (pytest.approx(value, abs=1e-4) if isinstance(value, float) else value)
-    wa = load_file(straight / "adapter_model.safetensors")
+    wa = load_file(reference / "adapter_model.safetensors")
     wb = load_file(crashed / "adapter_model.safetensors")
     assert wa.keys() == wb.keys()
     for name in wa:

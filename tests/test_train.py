@@ -12,9 +12,11 @@ from chattune.config import build_config
 from chattune.data.batching import collate
 from chattune.errors import ConfigError
 from chattune.model.loading import load_model
-from chattune.train.loop import build_run, run_train, train_step
-from chattune.train.metrics import read_metrics
-from chattune.train.step import LabelledLoss
+from chattune.model.loss import LabelledLoss
+from chattune.runs import read_meta, read_metrics
+from chattune.train import TrainHooks, run_train
+from chattune.train.loop import train_step
+from chattune.train.setup import build_run
 from tests.conftest import conversation, write_jsonl
 
 
@@ -184,6 +186,29 @@ def test_output_of_a_previous_run_is_not_overwritten(tiny_model_dir, chat_files,
         run_train(cfg)
 
 
+def test_ctrl_c_checkpoints_the_step_then_resume_finishes(tiny_model_dir, chat_files, tmp_path):
+    """First Ctrl+C: the step ends, a checkpoint is written, KeyboardInterrupt; --resume goes on."""
+    import os
+    import signal
+
+    def ctrl_c_at_step_2(name: str, step: int) -> None:
+        if (name, step) == ("step.after_update", 2):  # mid-step: the step must still finish
+            os.kill(os.getpid(), signal.SIGINT)
+
+    out, before = tmp_path / "out", signal.getsignal(signal.SIGINT)
+    settings = ("train.max_steps=4", "train.batch_size=4")
+    with pytest.raises(KeyboardInterrupt, match="checkpoint saved at step 2"):
+        run_train(
+            config(tiny_model_dir, chat_files[0], out, *settings),
+            TrainHooks(point=ctrl_c_at_step_2),
+        )
+    assert signal.getsignal(signal.SIGINT) is before  # the run's handler is gone
+    assert [p.name for p in (out / "checkpoints").glob("step-*")] == ["step-0000002"]
+    summary = run_train(config(tiny_model_dir, chat_files[0], out, *settings, "train.resume=true"))
+    assert summary["steps"] == 4
+    assert [m["step"] for m in read_metrics(out)] == [1, 2, 3, 4]
+
+
 def test_adalora_needs_enough_steps(tiny_model_dir, chat_files, tmp_path) -> None:
     cfg = config(
         tiny_model_dir, chat_files[0], tmp_path / "o", "adapter.method=adalora", "train.max_steps=2"
@@ -195,10 +220,61 @@ def test_adalora_needs_enough_steps(tiny_model_dir, chat_files, tmp_path) -> Non
 def test_model_card_and_metadata(tiny_model_dir, chat_files, tmp_path) -> None:
     out = tmp_path / "out"
     run_train(config(tiny_model_dir, chat_files[0], out, "train.max_steps=2", val=chat_files[1]))
-    meta = json.loads((out / "chattune.json").read_text())
+    meta = read_meta(out)
+    assert meta == json.loads((out / "chattune.json").read_text())
     assert meta["base"] == str(tiny_model_dir) and meta["method"] == "lora"
     card = (out / "README.md").read_text()
     assert f"`{tiny_model_dir}`" in card and "best_eval_loss" in card
+
+
+def test_on_evaluate_metrics_join_each_evaluation_record(tiny_model_dir, chat_files, tmp_path):
+    """The loop calls the caller's hook after each evaluation, in eval mode, on the step."""
+    calls: list[tuple[int, bool]] = []
+
+    def on_evaluate(model, tokenizer, step: int) -> dict[str, float]:
+        calls.append((step, model.training))
+        return {"eval_answer_len": float(step)}
+
+    out = tmp_path / "out"
+    cfg = config(
+        tiny_model_dir, chat_files[0], out, "train.max_steps=4", "train.eval_every=2",
+        val=chat_files[1],
+    )  # fmt: skip
+    run_train(cfg, TrainHooks(on_evaluate=on_evaluate))
+    assert calls == [(2, False), (4, False)]  # the final evaluation is step 4's, not a third
+    evals = [m for m in read_metrics(out) if "eval_loss" in m]
+    assert [(m["step"], m["eval_answer_len"]) for m in evals] == [(2, 2.0), (4, 4.0)]
+    train_records = [m for m in read_metrics(out) if "loss" in m]
+    assert len(train_records) == 4  # training went on in train mode after the hook
+
+
+def test_eval_generate_hook_logs_generation_metrics(tiny_model_dir, chat_files, tmp_path):
+    """``--eval-generate N``: evaluate builds the hook, train only calls it (as the CLI does)."""
+    from chattune.evaluate.during_training import eval_generate_callback
+
+    out = tmp_path / "out"
+    cfg = config(
+        tiny_model_dir, chat_files[0], out, "train.max_steps=2", "train.eval_every=2",
+        "train.eval_generate=3", val=chat_files[1],
+    )  # fmt: skip
+    run_train(cfg, TrainHooks(on_evaluate=eval_generate_callback(cfg)))
+    (evaluation,) = [m for m in read_metrics(out) if "eval_loss" in m]
+    assert {"eval_bleu", "eval_rouge_l", "eval_f1", "eval_distinct_2"} <= set(evaluation)
+
+
+def test_generation_hook_scores_the_conversations_training_held_out(chat_files) -> None:
+    """With --val-split, replies are generated for the held-out share, never training data."""
+    from chattune.evaluate.during_training import validation_conversations
+    from chattune.train.setup import read_items
+
+    for split in ("data.val_split=0.25", None):
+        extra = [split] if split else []
+        val = [str(chat_files[1])] if not split else []
+        cfg = build_config(
+            flags={"data.train": [str(chat_files[0])], "data.val": val}, overrides=extra
+        )
+        held_out = read_items(cfg)[1]
+        assert held_out and validation_conversations(cfg) == held_out
 
 
 def test_model_without_chat_template_gets_the_default(tmp_path, chat_files) -> None:

@@ -20,7 +20,7 @@ def reference_losses(
     """
     import torch
 
-    from chattune.train.step import LabelledLoss
+    from chattune.model.loss import LabelledLoss
 
     encoded = []
     for ex in examples:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from chattune.evaluate.scoring import METRIC_KEYS
-from chattune.train.metrics import read_metrics
+from chattune.runs import read_metrics
 
 CHART_METRICS = ("bleu", "rouge_1", "rouge_l", "f1")
 

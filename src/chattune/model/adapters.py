@@ -74,7 +74,7 @@ def _adalora(model: Any, cfg: AdapterConfig, total_steps: int) -> Prepared:
     def regularizer() -> Any:
         # peft adds this term inside AdaLoraModel.forward, but only when the model computes
         # the loss itself; chattune computes logits only at labelled positions (see
-        # train/step.py), so the same term is added here.
+        # model/loss.py), so the same term is added here.
         import torch
 
         terms = []

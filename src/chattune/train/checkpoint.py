@@ -3,8 +3,9 @@
 Each checkpoint is written into a temporary folder, every file is fsynced, a ``COMPLETE``
 marker is written last, and the folder is renamed into place (atomic on POSIX). A run killed
 with ``kill -9`` at any moment leaves either the previous checkpoints or the new one, never a
-half-written one; stale temporary folders are swept on the next start. ``fault_point`` marks
-the moments where a kill is most likely to break that promise, so tests can kill runs there.
+half-written one; stale temporary folders are swept on the next start. The writers call a
+``point(name, step)`` hook at the moments a kill is most likely to break that promise
+(``train/hooks.py``), so tests can kill runs there.
 
 Only trainable parameters are saved (a LoRA checkpoint is megabytes, not the whole base
 model); that is why this is not Accelerate's ``save_state``, which writes every weight.
@@ -16,7 +17,6 @@ import json
 import os
 import random
 import shutil
-import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,31 +24,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from chattune.train.hooks import PointHook, nowhere
+
 MARKER = "COMPLETE"
-
-#: Crash tests set this to ``POINT@STEP`` to kill the run at that moment; see ``fault_point``.
-FAULT_ENV = "CHATTUNE_FAULT_KILL_AT"
-
-
-def fault_point(name: str, step: int) -> None:
-    """SIGKILL this process here if ``CHATTUNE_FAULT_KILL_AT`` is ``name@step``.
-
-    A kill at a fault point is a real ``kill -9``: no ``finally``, no flush, no cleanup. The
-    points are the moments a resume has to get right (``tests/test_resume.py`` kills runs at them):
-
-    - ``step.after_update``: weights updated in memory, schedule and step count not yet
-    - ``step.end``: after the step's log record, evaluation and checkpoint (if any)
-    - ``eval.mid``: evaluating; the step is logged, its evaluation is not
-    - ``checkpoint.between_files``: a temp folder holding weights but no optimizer state
-    - ``checkpoint.before_rename`` / ``best.before_rename``: a temp folder that looks complete
-      (marker written, fsynced) but was never published
-    - ``best.between_renames``: the old ``best`` moved aside, the new one not yet in place
-    - ``output.partial``: training done, the output folder half-written
-
-    Example: ``CHATTUNE_FAULT_KILL_AT=checkpoint.before_rename@4 chattune train ...``
-    """
-    if os.environ.get(FAULT_ENV) == f"{name}@{step}":
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -97,10 +75,12 @@ def _fsync_tree(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(target: Path, write: Any, kind: str = "folder", step: int = 0) -> Path:
+def write_atomically(
+    target: Path, write: Any, kind: str = "folder", step: int = 0, point: PointHook = nowhere
+) -> Path:
     """Call ``write(tmp_folder)``, then publish ``tmp_folder`` as ``target`` atomically.
 
-    ``kind`` and ``step`` name this write's fault points (``{kind}.before_rename@{step}``).
+    ``kind`` and ``step`` name this write's points for ``point`` (``{kind}.before_rename``).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
@@ -109,11 +89,11 @@ def write_atomically(target: Path, write: Any, kind: str = "folder", step: int =
     write(tmp)
     (tmp / MARKER).write_text("ok\n")
     _fsync_tree(tmp)
-    fault_point(f"{kind}.before_rename", step)
+    point(f"{kind}.before_rename", step)
     if target.exists():
         old = target.parent / f".old-{target.name}-{os.getpid()}"
         os.replace(target, old)
-        fault_point(f"{kind}.between_renames", step)
+        point(f"{kind}.between_renames", step)
         os.replace(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
     else:
@@ -127,28 +107,36 @@ def write_atomically(target: Path, write: Any, kind: str = "folder", step: int =
 
 
 def save_checkpoint(
-    folder: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainState, config_yaml: str
+    folder: Path,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    state: TrainState,
+    config_yaml: str,
+    point: PointHook = nowhere,
 ) -> Path:
     """Write ``folder`` (e.g. ``checkpoints/step-0000050``) with everything resume needs."""
 
     def write(tmp: Path) -> None:
         save_file(trainable_state(model), tmp / "trainable.safetensors")
-        fault_point("checkpoint.between_files", state.step)
+        point("checkpoint.between_files", state.step)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save({"python": random.getstate(), "torch": torch.get_rng_state()}, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2))
         (tmp / "config.yaml").write_text(config_yaml)
 
-    return write_atomically(folder, write, "checkpoint", state.step)
+    return write_atomically(folder, write, "checkpoint", state.step, point)
 
 
-def save_best(folder: Path, model: Any, state: TrainState) -> Path:
+def save_best(folder: Path, model: Any, state: TrainState, point: PointHook = nowhere) -> Path:
+    """Write the best weights so far (``checkpoints/best``): what the output ends up holding."""
+
     def write(tmp: Path) -> None:
         save_file(trainable_state(model), tmp / "trainable.safetensors")
         (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2))
 
-    return write_atomically(folder, write, "best", state.step)
+    return write_atomically(folder, write, "best", state.step, point)
 
 
 def complete_checkpoints(root: Path) -> list[Path]:

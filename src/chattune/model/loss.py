@@ -5,6 +5,9 @@ with assistant-only masks most positions are prompt, so most of that work is thr
 :class:`LabelledLoss` runs the decoder, keeps the hidden states at labelled positions, and
 applies the head to those alone. It is an ``nn.Module`` so that DDP (through Accelerate)
 wraps it and its forward still synchronises gradients.
+
+It lives in the model layer because training (the objective) and evaluation (perplexity of
+reference replies) compute the same quantity and must agree on it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Training metrics: one JSON object per line in ``metrics.jsonl``, mirrored to TensorBoard."""
+"""Training metrics: one JSON object per line in ``metrics.jsonl``, mirrored to TensorBoard.
+
+This is the writer; :func:`chattune.runs.read_metrics` reads the file back.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +9,24 @@ import json
 from pathlib import Path
 from typing import Any
 
+from chattune.runs import METRICS_FILE
+
 
 class MetricsLogger:
     """Append metric records; on resume, forget records past the checkpoint's step.
 
     A run killed after step 7 but resumed from the step-5 checkpoint logged steps 6 and 7
-    already; they are dropped so the file reads as one uninterrupted run.
+    already; they are dropped so the file reads as one uninterrupted run. Only the main
+    process writes (``enabled``); the others log nothing.
+
+    Example:
+        >>> with MetricsLogger(Path("runs/x")) as logger:  # doctest: +SKIP
+        ...     logger.log({"step": 1, "loss": 2.5})
     """
 
     def __init__(self, output: Path, resume_step: int | None = None, enabled: bool = True):
         self.enabled = enabled
-        self.path = output / "metrics.jsonl"
+        self.path = output / METRICS_FILE
         self.writer = None
         if not enabled:
             return
@@ -50,9 +60,8 @@ class MetricsLogger:
         if self.writer is not None:
             self.writer.close()
 
+    def __enter__(self) -> MetricsLogger:
+        return self
 
-def read_metrics(output: str | Path) -> list[dict[str, Any]]:
-    path = Path(output) / "metrics.jsonl"
-    return (
-        [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
-    )
+    def __exit__(self, *exc: object) -> None:
+        self.close()

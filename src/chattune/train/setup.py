@@ -1,0 +1,213 @@
+"""Build a run: data, model with its method applied, optimizer, schedule, accelerator.
+
+Everything the loop needs is made here, once, and handed over as one :class:`Run`::
+
+    run = build_run(cfg)          # reads and encodes the data, loads the base model...
+    run.total_steps, run.model    # ...and the loop (train/loop.py) takes it from there
+
+Scale-out is Hugging Face Accelerate: the same code runs as one process or under
+``accelerate launch`` (DDP); :class:`Run` knows its rank and whether it is the main one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chattune.config import RunConfig
+from chattune.data.batching import EncodeReport
+from chattune.data.dataset import (
+    encode_conversations,
+    encode_documents,
+    require_trainable,
+    split_validation,
+)
+from chattune.data.readers import read_many
+from chattune.data.render import Encoded
+from chattune.errors import ConfigError
+from chattune.model.adapters import Prepared, prepare
+from chattune.model.loading import load_base
+from chattune.model.loss import LabelledLoss, unwrap_peft
+from chattune.train.checkpoint import TrainState
+from chattune.train.hooks import TrainHooks
+from chattune.train.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Data:
+    """The encoded training and validation sets, with what encoding had to cut."""
+
+    train: list[Encoded]
+    val: list[Encoded]
+    train_report: EncodeReport
+    val_report: EncodeReport | None
+
+
+@dataclass
+class Run:
+    """What the loop works with: built once by :func:`build_run`, then changed only by it."""
+
+    cfg: RunConfig
+    accelerator: Any
+    prepared: Prepared
+    loss_module: Any  # LabelledLoss, wrapped by Accelerate (DDP) when distributed
+    optimizer: Any
+    scheduler: Any
+    tokenizer: Any
+    data: Data
+    total_steps: int
+    output: Path
+    hooks: TrainHooks = field(default_factory=TrainHooks)
+    state: TrainState = field(default_factory=TrainState)
+    stop_requested: bool = False  # Ctrl+C: checkpoint and exit
+    early_stopped: bool = False
+    last_saved_step: int = -1
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def model(self) -> Any:
+        return self.prepared.model
+
+    @property
+    def should_stop(self) -> bool:
+        return self.stop_requested or self.early_stopped
+
+
+def read_items(cfg: RunConfig) -> tuple[list[Any], list[Any]]:
+    """The training and validation items (conversations or documents), read and validated.
+
+    With ``data.val_split`` the validation items are a seeded random share of the training
+    files, the same on every run and every resume.
+    """
+    d = cfg.data
+    if not d.train:
+        raise ConfigError("data.train (--data): give at least one training file")
+    items = read_many(d.train, d.format, d.objective)
+    val_items = read_many(d.val, d.format, d.objective) if d.val else []
+    if d.val_split:
+        items, val_items = split_validation(items, d.val_split, cfg.train.seed)
+    return items, val_items
+
+
+def encode(cfg: RunConfig, items: list[Any], tokenizer: Any) -> tuple[list[Encoded], EncodeReport]:
+    """Conversations through the chat template, or documents packed into blocks (``lm``)."""
+    d = cfg.data
+    if d.objective == "lm":
+        return encode_documents(items, tokenizer, d.block_size)
+    return encode_conversations(items, tokenizer, d.max_len, d.mask)
+
+
+def build_data(cfg: RunConfig, tokenizer: Any) -> Data:
+    """Read, validate and encode the train and validation sets; say what was cut."""
+    items, val_items = read_items(cfg)
+    train, train_report = encode(cfg, items, tokenizer)
+    require_trainable(train, train_report, ", ".join(cfg.data.train), cfg.data.max_len)
+    val, val_report = encode(cfg, val_items, tokenizer) if val_items else ([], None)
+    if train_report.truncated or train_report.dropped:
+        log.warning(
+            "max_len %d: %d conversations lost their oldest turns, %d did not fit at all",
+            cfg.data.max_len,
+            train_report.truncated,
+            train_report.dropped,
+        )
+    return Data(train, val, train_report, val_report)
+
+
+def count_steps(cfg: RunConfig, n_examples: int, world: int) -> int:
+    """Optimizer steps of the whole run: ``train.max_steps``, or ``epochs`` worth of them."""
+    batches = math.ceil(n_examples / cfg.train.batch_size) // world
+    if batches == 0:
+        raise ConfigError(f"{n_examples} examples are too few for {world} processes")
+    if cfg.train.max_steps:
+        return cfg.train.max_steps
+    per_epoch = math.ceil(batches / cfg.train.grad_accum)
+    return max(1, math.ceil(cfg.train.epochs * per_epoch))
+
+
+def resolve_precision(precision: str) -> str:
+    """Accelerate's mixed-precision mode: bf16 autocast over fp32 weights, or none.
+
+    ``auto`` uses bf16 only where the hardware computes it natively. On CPUs without native
+    bf16 (AVX2-only, like this project's 2-core CI machines) oneDNN emulates it and a LoRA
+    step on SmolLM2-135M ran about 10x slower than float32 (measured: docs/training.md).
+
+    Example:
+        >>> resolve_precision("fp32")
+        'no'
+    """
+    if precision == "bf16":
+        return "bf16"
+    if precision == "fp32":
+        return "no"
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
+def build_accelerator(cfg: RunConfig) -> Any:
+    """One process or one rank of many, on the GPU if there is one; seeded."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    # Without a GPU, train on the CPU: under `accelerate launch`/torchrun that is DDP over gloo.
+    on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    accelerator = Accelerator(cpu=on_cpu, mixed_precision=resolve_precision(cfg.train.precision))
+    set_seed(cfg.train.seed)
+    return accelerator
+
+
+def build_model(cfg: RunConfig, model: Any, total_steps: int) -> Prepared:
+    """Apply the method (LoRA, full, ...) to the base model; gradient checkpointing if asked."""
+    prepared = prepare(model, cfg.adapter, total_steps)
+    if cfg.train.gradient_checkpointing:
+        unwrap_peft(prepared.model).gradient_checkpointing_enable()
+        if prepared.is_peft:
+            unwrap_peft(prepared.model).enable_input_require_grads()
+    return prepared
+
+
+def build_run(cfg: RunConfig, hooks: TrainHooks | None = None) -> Run:
+    """Everything the loop needs: model with its method applied, data, optimizer, schedule."""
+    hooks = hooks or TrainHooks()
+    if cfg.train.eval_generate and hooks.on_evaluate is None:
+        log.warning(
+            "train.eval_generate=%d is ignored: generation metrics come from an on_evaluate "
+            "hook (chattune train builds one)",
+            cfg.train.eval_generate,
+        )
+    accelerator = build_accelerator(cfg)
+    with accelerator.main_process_first():  # rank 0 converts/caches the GGUF once
+        model, tokenizer = load_base(
+            cfg.model.base, cfg.model.attn_implementation, cfg.model.trust_remote_code
+        )
+    data = build_data(cfg, tokenizer)
+    total = count_steps(cfg, len(data.train), accelerator.num_processes)
+    prepared = build_model(cfg, model, total)
+    optimizer = build_optimizer(prepared.model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, total)
+    # The scheduler is stepped by hand once per optimizer step: Accelerate's wrapper would
+    # step it once per process, which changes the schedule with the number of processes.
+    loss_module, optimizer = accelerator.prepare(LabelledLoss(prepared.model), optimizer)
+    return Run(
+        cfg=cfg,
+        accelerator=accelerator,
+        prepared=prepared,
+        loss_module=loss_module,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        tokenizer=tokenizer,
+        data=data,
+        total_steps=total,
+        output=Path(cfg.train.output),
+        hooks=hooks,
+    )
