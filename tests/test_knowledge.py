@@ -16,7 +16,7 @@ from chattune.chat.engine import ChatEngine
 from chattune.data.types import Message
 from chattune.errors import DataError
 from chattune.knowledge.chunking import chunk_blocks
-from chattune.knowledge.documents import Block, read_file, read_text
+from chattune.knowledge.documents import Block, parse_document, read_file
 from chattune.knowledge.embed import HashingEmbedder
 from chattune.knowledge.grounding import INSTRUCTION, Knowledge, KnowledgeSettings
 from chattune.knowledge.index import KnowledgeError
@@ -25,8 +25,7 @@ from chattune.knowledge.store import KnowledgeBase
 from chattune.model.generation import GenerationOptions
 from chattune.serve.app import build_app
 from chattune.serve.store import Store
-from tests.conftest import run_cli
-from tests.test_chat import FakeBackend
+from tests.conftest import FakeBackend, run_cli
 
 SHIPPING = """# Shipping
 
@@ -66,7 +65,7 @@ def test_markdown_blocks_follow_headings_and_ignore_hashes_in_code() -> None:
     text = (
         "# Guide\n\nIntro.\n\n## Setup\n\n```sh\n# not a heading\npip install x\n```\n\n- a\n- b\n"
     )
-    blocks = read_text(text, "markdown")
+    blocks = parse_document(text, "markdown")
     assert [(b.path, b.line) for b in blocks] == [
         (("Guide",), 3),
         (("Guide", "Setup"), 7),
@@ -146,7 +145,9 @@ def test_faq_files_one_chunk_per_entry_and_errors_name_the_line(tmp_path) -> Non
     ]
     columns = tmp_path / "cols.csv"
     columns.write_text("q,a\nx,y\n")
-    with pytest.raises(DataError, match=r"cols.csv:1: a FAQ file needs 'question' and 'answer'"):
+    with pytest.raises(
+        DataError, match=r"cols.csv:1: a question/answer table needs .* found: 'q', 'a'"
+    ):
         read_file(columns)
 
 
@@ -395,7 +396,8 @@ def test_kb_commands_end_to_end(docs: Path, tmp_path: Path) -> None:
     results = json.loads(ev.stdout)
     assert set(results["retrieval"]) == {"hybrid", "dense", "bm25", "rrf"}
     hybrid = results["retrieval"]["hybrid"]
-    assert hybrid["hit@1"] == 1.0 and hybrid["latency_ms_p95"] > 0
+    assert hybrid["hit@1"] == 1.0
+    assert 0 <= hybrid["latency_ms_p50"] <= hybrid["latency_ms_p95"]
     assert results["grounding"]["answerable"] == 2 and results["grounding"]["unanswerable"] == 0
     stats = json.loads(run_cli("kb", "stats", "--kb", kb, "--json").stdout)
     assert stats["chunks"] == 4 and stats["embedder"] == "hashing"
@@ -485,7 +487,7 @@ def test_hidden_html_text_is_not_indexed() -> None:
         '<div hidden><p>Hidden too.</p></div><span aria-hidden="true">Icon text</span>'
         '<p style="visibility:hidden">Invisible.</p><p>Visible again.</p>'
     )
-    texts = [b.text for b in read_text(html, "html")]
+    texts = [b.text for b in parse_document(html, "html")]
     assert texts == ["Returns within 45 days.", "Visible again."]
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import pytest
 
 from chattune.data.types import Message
-from chattune.knowledge.evaluate import abstention, evaluate, read_questions
 from chattune.knowledge.grounding import Knowledge
+from chattune.knowledge.retrieval_eval import abstention, read_questions, score_retrieval
 from chattune.knowledge.retrieve import Retriever
 from chattune.knowledge.store import KnowledgeBase
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -21,22 +22,22 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def retriever(tmp_path_factory) -> Retriever:
     kb = KnowledgeBase(tmp_path_factory.mktemp("kb"), create=True, embedder="minilm")
-    report = kb.add(["examples/support/kb"])
+    report = kb.add([ROOT / "examples/support/kb"])
     assert len(report.added) == 5 and not report.skipped
     return Retriever(kb)
 
 
 def scores(retriever: Retriever, path: str) -> dict[str, dict[str, float]]:
     questions = read_questions(path)
-    return {m: evaluate(retriever, questions, m) for m in ("hybrid", "dense", "bm25", "rrf")}
+    return {m: score_retrieval(retriever, questions, m) for m in ("hybrid", "dense", "bm25", "rrf")}
 
 
 def test_gated_fusion_is_never_worse_than_the_better_retriever(retriever) -> None:
-    para = scores(retriever, "examples/support/kb-paraphrases.jsonl")
+    para = scores(retriever, ROOT / "examples/support/kb-paraphrases.jsonl")
     for metric in ("hit@1", "hit@5", "mrr"):
         assert para["hybrid"][metric] >= para["dense"][metric] >= para["bm25"][metric]
     assert para["rrf"]["mrr"] < para["dense"]["mrr"]  # why plain RRF is not the default
-    keywords = scores(retriever, "examples/support/kb-keywords.jsonl")
+    keywords = scores(retriever, ROOT / "examples/support/kb-keywords.jsonl")
     for metric in ("hit@1", "mrr"):
         best = max(keywords["dense"][metric], keywords["bm25"][metric])
         assert keywords["hybrid"][metric] >= best
@@ -72,7 +73,7 @@ def test_off_topic_after_on_topic_says_it_does_not_know(retriever) -> None:
 
 def test_default_thresholds_answer_most_and_decline_off_topic(retriever) -> None:
     sets = ("paraphrases", "keywords", "unanswerable")
-    questions = [q for s in sets for q in read_questions(f"examples/support/kb-{s}.jsonl")]
+    questions = [q for s in sets for q in read_questions(ROOT / f"examples/support/kb-{s}.jsonl")]
     result = abstention(Knowledge(retriever), questions)
     # Measured 0.915 and 0.5 (docs/knowledge.md); every far off-topic question is declined.
     assert result["answered"] >= 0.9 and result["declined"] >= 0.5

@@ -6,8 +6,9 @@ Formats (``--format`` names):
 messages   JSONL, one ``{"messages": [{"role": ..., "content": ...}, ...]}`` per line
            (the OpenAI / Hugging Face chat shape; an optional system turn first)
 sharegpt   JSON array or JSONL of ``{"conversations": [{"from": "human", "value": ...}]}``
-csv        CSV/TSV with a header; ``question``/``answer`` columns (or prompt/response,
-           input/output) and an optional ``system`` column; one exchange per row
+csv        CSV/TSV with a header; a question and an answer column, named as any
+           spelling in :data:`chattune.data.qa.QA_COLUMNS` (question/prompt/input,
+           answer/response/output), an optional ``system`` column; one exchange per row
 dailydialog text, one dialogue per line, turns separated by ``__eou__``; turns alternate
            user/assistant starting with the user; a final unanswered turn is dropped
 text       raw text for continued pre-training: ``.txt``/``.md`` files are one document each;
@@ -15,59 +16,35 @@ text       raw text for continued pre-training: ``.txt``/``.md`` files are one d
 ========== ===================================================================================
 
 Every problem in a file is collected and raised at once as :class:`DataError`, each line
-prefixed with ``FILE:LINE:`` so an editor can jump to it.
+prefixed with ``FILE:LINE:`` so an editor can jump to it. Bytes become text in
+:mod:`chattune.data.files`, JSON Lines are split in :mod:`chattune.data.jsonl` and Q/A tables
+are read in :mod:`chattune.data.qa`, the same code the knowledge base reads its files with.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from chattune.data.files import read_text_file
+from chattune.data.jsonl import Record, parse_jsonl
+from chattune.data.qa import read_qa_table
 from chattune.data.types import Conversation, Document, Message
 from chattune.data.validate import to_messages, validate_messages
 from chattune.errors import DataError
 
 CONVERSATION_FORMATS = ("messages", "sharegpt", "csv", "dailydialog")
 ALL_FORMATS = (*CONVERSATION_FORMATS, "text")
-QUESTION_COLUMNS = ("question", "prompt", "input", "q")
-ANSWER_COLUMNS = ("answer", "response", "output", "a")
-
-Record = tuple[int, Any]  # (line number, parsed object)
 
 
-def read_text(path: str | Path) -> str:
-    """Read a UTF-8 file, turning every way it can fail into a one-line :class:`DataError`."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError([f"{p}: no such file"])
-    if p.is_dir():
-        raise DataError([f"{p}: is a folder; pass the data files inside it"])
-    raw = p.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")  # tolerate a byte-order mark from spreadsheet exports
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(
-            [f"{p}:{line}: not valid UTF-8 (byte {e.start}); re-save the file as UTF-8"]
-        ) from None
+def _read(path: Path) -> str:
+    """A data file's text; an empty one is an error here (there is nothing to train on)."""
+    text = read_text_file(path)
     if not text.strip():
-        raise DataError([f"{p}: empty file"])
+        raise DataError([f"{path}: empty file"])
     return text
-
-
-def jsonl_records(path: Path, text: str, problems: list[str]) -> Iterator[Record]:
-    """(line number, parsed value) per non-blank line; bad JSON goes to ``problems``."""
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield n, json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(f"{path}:{n}: not valid JSON: {e.msg} (column {e.colno})")
 
 
 def _json_array_records(path: Path, text: str, problems: list[str]) -> Iterator[Record]:
@@ -99,7 +76,7 @@ def _json_array_records(path: Path, text: str, problems: list[str]) -> Iterator[
 def _records(path: Path, text: str, problems: list[str]) -> Iterator[Record]:
     if path.suffix.lower() == ".json":
         return _json_array_records(path, text, problems)
-    return jsonl_records(path, text, problems)
+    return parse_jsonl(text, path, problems)
 
 
 def _conversation(
@@ -137,34 +114,12 @@ def read_sharegpt(path: Path, text: str, problems: list[str]) -> list[Conversati
     return _from_turns(path, text, problems, "conversations", "from", "value")
 
 
-def _column(header: list[str], names: tuple[str, ...]) -> str | None:
-    lowered = {h.strip().lower(): h for h in header}
-    return next((lowered[n] for n in names if n in lowered), None)
-
-
 def read_csv(path: Path, text: str, problems: list[str]) -> list[Conversation]:
     """One question/answer exchange per row; ``.tsv`` files are tab-separated."""
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
-    header = reader.fieldnames or []
-    q_col, a_col = _column(header, QUESTION_COLUMNS), _column(header, ANSWER_COLUMNS)
-    if q_col is None or a_col is None:
-        problems.append(
-            f"{path}:1: header {header} needs a question column ({'/'.join(QUESTION_COLUMNS)}) "
-            f"and an answer column ({'/'.join(ANSWER_COLUMNS)})"
-        )
-        return []
-    s_col = _column(header, ("system",))
     out = []
-    for row in reader:
-        line = reader.line_num  # the physical line the row ended on
-        messages = []
-        if s_col and (row.get(s_col) or "").strip():
-            messages.append(Message("system", row[s_col]))
-        messages += [
-            Message("user", row.get(q_col) or ""),
-            Message("assistant", row.get(a_col) or ""),
-        ]
+    for line, row in read_qa_table(path, text, problems):
+        messages = [Message("system", row["system"])] if row["system"].strip() else []
+        messages += [Message("user", row["user"]), Message("assistant", row["assistant"])]
         if (conv := _conversation(path, line, messages, problems)) is not None:
             out.append(conv)
     return out
@@ -173,7 +128,7 @@ def read_csv(path: Path, text: str, problems: list[str]) -> list[Conversation]:
 def read_dailydialog(path: Path, text: str, problems: list[str]) -> list[Conversation]:
     """One dialogue per line, turns separated by ``__eou__``, alternating user/assistant."""
     out = []
-    for line, raw in enumerate(text.splitlines(), start=1):
+    for line, raw in enumerate(text.split("\n"), start=1):  # "\n" only: editors' lines
         turns = [t.strip() for t in raw.split("__eou__")]
         turns = [t for t in turns if t]
         if not turns:
@@ -242,11 +197,11 @@ def read_conversations(path: str | Path, fmt: str = "auto") -> list[Conversation
 
     Example:
         >>> convs = read_conversations("examples/support/train.jsonl")  # doctest: +SKIP
-        >>> convs[0].messages[0].role
+        >>> convs[0].messages[0].role  # doctest: +SKIP
         'system'
     """
     p = Path(path)
-    text = read_text(p)
+    text = _read(p)
     fmt = detect_format(p, text) if fmt == "auto" else fmt
     if fmt == "text":
         raise DataError([f"{p}: raw text has no conversations; train on it with --objective lm"])
@@ -267,7 +222,7 @@ def read_documents(path: str | Path, fmt: str = "auto") -> list[Document]:
     Conversation files are accepted too: each conversation's turns become one document.
     """
     p = Path(path)
-    text = read_text(p)
+    text = _read(p)
     fmt = detect_format(p, text) if fmt == "auto" else fmt
     if fmt in READERS:
         return [

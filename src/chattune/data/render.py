@@ -12,16 +12,19 @@ fails would train the model on a prompt it never sees when serving.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from chattune.data.types import Conversation, Message
 from chattune.errors import DataError
 
 IGNORE_INDEX = -100
+T = TypeVar("T")
 
 #: Template for models that ship none (GPT-2 and other base models): ChatML turns, each
 #: closed by the tokenizer's end-of-sequence token so generation stops at the end of a reply.
@@ -99,16 +102,6 @@ def _encode(tokenizer: Any, messages: list[Message], mask: MaskPolicy, where: st
     return Encoded(ids, labels)
 
 
-def _drop_oldest_exchange(messages: list[Message]) -> list[Message] | None:
-    """Remove the oldest user turn and the replies that follow it; keep the system turn."""
-    head = messages[:1] if messages[0].role == "system" else []
-    body = messages[len(head) :]
-    later_user = next((i for i, m in enumerate(body) if i > 0 and m.role == "user"), None)
-    if later_user is None:
-        return None
-    return head + body[later_user:]
-
-
 def encode_conversation(
     conversation: Conversation,
     tokenizer: Any,
@@ -127,17 +120,86 @@ def encode_conversation(
     messages = list(conversation.messages)
     while messages and messages[-1].role == "user" and mask is not MaskPolicy.ALL:
         messages.pop()
-    dropped = 0
-    while True:
-        enc = _encode(tokenizer, messages, mask, conversation.source)
-        if len(enc.input_ids) <= max_len and enc.n_trained > 0:
-            enc.dropped_turns = dropped
-            return enc
-        shorter = _drop_oldest_exchange(messages)
-        if shorter is None:
+    if not messages:
+        return None
+    head = messages[:1] if messages[0].role == "system" else []  # the system turn stays
+
+    def build(kept: list[Message]) -> tuple[float, Encoded]:
+        enc = _encode(tokenizer, kept, mask, conversation.source)
+        return (len(enc.input_ids) if enc.n_trained > 0 else float("inf")), enc
+
+    found = keep_newest(tokenizer, head, messages[len(head) :], max_len, build)
+    if found is None:
+        return None
+    found[1].dropped_turns = found[0]
+    return found[1]
+
+
+def keep_newest(
+    tokenizer: Any,
+    head: list[Message],
+    turns: list[Message],
+    budget: int,
+    build: Callable[[list[Message]], tuple[float, T]],
+) -> tuple[int, T] | None:
+    """Keep the newest turns that fit: (how many oldest turns were dropped, ``build``'s
+    result for the rest), or None when not even the last exchange fits.
+
+    ``head`` (system turn, few-shot examples) always stays, and a cut always lands on a
+    user turn. ``build(messages)`` renders and returns (size, result); a size of ``inf``
+    means "unusable" (e.g. no trained token left). The chat engine's context budget and
+    training's ``max_len`` both trim through here.
+
+    Re-rendering the whole history once per dropped exchange is quadratic, so the cut is
+    estimated in one pass (each message tokenized once, the template's overhead spread
+    evenly), then checked and moved to the exact tightest cut: usually two or three renders.
+
+    Example:
+        >>> keep_newest(tok, [], turns, 500, lambda m: (len(ids := ...), ids))  # doctest: +SKIP
+        (6, [...])
+    """
+    size, whole = build(head + turns)
+    if size <= budget:
+        return 0, whole
+    starts = [i for i, m in enumerate(turns) if i > 0 and m.role == "user"]
+    if not starts:
+        return None
+    tried: dict[int, tuple[float, T]] = {}
+
+    def fits(j: int) -> bool:
+        if j not in tried:
+            tried[j] = build(head + turns[starts[j] :])
+        return tried[j][0] <= budget
+
+    j = _estimate_cut(tokenizer, head, turns, starts, size, budget)
+    if fits(j):
+        while j > 0 and fits(j - 1):
+            j -= 1
+    else:
+        while j + 1 < len(starts) and not fits(j + 1):
+            j += 1
+        j += 1
+        if j == len(starts):
             return None
-        dropped += len(messages) - len(shorter)
-        messages = shorter
+    return starts[j], tried[j][1]
+
+
+def _estimate_cut(
+    tokenizer: Any,
+    head: list[Message],
+    turns: list[Message],
+    starts: list[int],
+    rendered: float,
+    budget: int,
+) -> int:
+    """Index into ``starts`` of the first cut whose estimated size fits ``budget``."""
+    lengths = [len(tokenize(tokenizer, m.content)) for m in head + turns]
+    known = rendered if rendered != float("inf") else sum(lengths)
+    overhead = max(0.0, (known - sum(lengths)) / len(lengths))
+    fixed = sum(lengths[: len(head)]) + overhead * len(head)
+    tail = [n + overhead for n in lengths[len(head) :]]
+    suffix = list(itertools.accumulate(reversed(tail)))[::-1]  # suffix[i]: cost of turns[i:]
+    return next((j for j, s in enumerate(starts) if fixed + suffix[s] <= budget), len(starts) - 1)
 
 
 def generation_prompt_ids(tokenizer: Any, messages: list[Message]) -> list[int]:

@@ -6,20 +6,20 @@ Parsing uses the libraries made for each format (markdown-it-py's token line map
 ``#`` inside a code fence is not a heading; BeautifulSoup for HTML; pypdf for PDF).
 
 Example:
-    >>> blocks = read_text("# Shipping\\n\\nFree over $60.\\n", "markdown")
+    >>> blocks = parse_document("# Shipping\\n\\nFree over $60.\\n", "markdown")
     >>> blocks[0].path, blocks[0].text, blocks[0].line
     (('Shipping',), 'Free over $60.', 3)
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from chattune.data.readers import jsonl_records
+from chattune.data.files import NotText, decode_text
+from chattune.data.qa import read_qa_table
 from chattune.errors import DataError
 
 #: file suffix -> format; anything else is skipped with a warning.
@@ -61,19 +61,17 @@ def read_file(path: Path) -> list[Block]:
     data = path.read_bytes()
     if fmt == "pdf":
         return read_pdf(data)
-    if b"\x00" in data[:8192]:
-        raise Unreadable("binary file (NUL bytes), not text")
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise Unreadable(f"not UTF-8 text (byte {e.start})") from None
+        text = decode_text(data, path)  # the same decoding as training data
+    except NotText as e:
+        raise Unreadable(f"line {e.line}: {e.reason}") from None
     if fmt == "faq":
         return read_faq(text, path)
-    return read_text(text, fmt)
+    return parse_document(text, fmt)
 
 
-def read_text(text: str, fmt: str) -> list[Block]:
-    """Blocks of a Markdown, HTML or plain-text document."""
+def parse_document(text: str, fmt: str) -> list[Block]:
+    """Blocks of a Markdown, HTML or plain-text document already read into ``text``."""
     if fmt == "markdown":
         return _markdown(text)
     if fmt == "html":
@@ -183,34 +181,18 @@ def read_pdf(data: bytes) -> list[Block]:
 
 
 def read_faq(text: str, path: Path) -> list[Block]:
-    """FAQ entries from CSV/TSV (a header row) or JSONL: ``question``, ``answer``, ``id``.
+    """FAQ entries from CSV/TSV (a header row) or JSONL: a question, an answer, an ``id``.
 
-    Entries without an ``id`` get ``L<line>``. Every bad row is reported as FILE:LINE.
+    The columns may be named as any spelling of :data:`chattune.data.qa.QA_COLUMNS`
+    (``question``/``prompt``/``input``, ``answer``/``response``/``output``), as in training
+    CSVs. Entries without an ``id`` get ``L<line>``. Every bad row is reported as FILE:LINE.
     """
-    rows: list[tuple[int, dict[str, object]]] = []
     problems: list[str] = []
-    if path.suffix.lower() == ".jsonl":
-        for n, row in jsonl_records(path, text, problems):
-            if isinstance(row, dict):
-                rows.append((n, row))
-            else:
-                problems.append(f"{path}:{n}: expected an object with question and answer")
-    else:
-        reader = csv.DictReader(io.StringIO(text), delimiter="\t" if path.suffix == ".tsv" else ",")
-        columns = {c.strip().lower() for c in reader.fieldnames or []}
-        if not {"question", "answer"} <= columns:
-            raise DataError(
-                [
-                    f"{path}:1: a FAQ file needs 'question' and 'answer' columns "
-                    f"(and optionally 'id'); found {sorted(columns) or 'no header'}"
-                ]
-            )
-        for row in reader:
-            rows.append((reader.line_num, {k.strip().lower(): v for k, v in row.items() if k}))
+    rows = read_qa_table(path, text, problems)
     blocks, seen = [], {}
     for n, row in rows:
-        q, a = str(row.get("question") or "").strip(), str(row.get("answer") or "").strip()
-        faq_id = str(row.get("id") or f"L{n}").strip()
+        q, a = row["user"].strip(), row["assistant"].strip()
+        faq_id = row["id"].strip() or f"L{n}"
         missing = [name for name, value in (("question", q), ("answer", a)) if not value]
         if missing:
             problems.append(f"{path}:{n}: empty or missing {' and '.join(missing)}")

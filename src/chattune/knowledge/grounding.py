@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from chattune.data.types import Message
-from chattune.knowledge.index import tokenize
+from chattune.knowledge.index import bm25_terms
 from chattune.knowledge.retrieve import Hit, Mode, Retriever, blend, conversation_query
 
 INSTRUCTION = (
@@ -129,12 +129,18 @@ class Knowledge:
         # *some* passage, unless one holds all of its terms (a name, a code).
         own = float(self.retriever.kb.indexes.dense.search(vectors[:1], 1)[0][0, 0])
         hits = self.retriever.search(query, s.k, s.mode, vector=blend(vectors, query.weights))
-        terms = set(tokenize([query.texts[0]])[0])
-        exact = [h for h in hits if terms and terms <= set(tokenize([h.chunk.chunk.index_text])[0])]
+        terms = set(bm25_terms([query.texts[0]])[0])
+        exact = [
+            h for h in hits if terms and terms <= set(bm25_terms([h.chunk.chunk.index_text])[0])
+        ]
         relevant = [h for h in hits if h.similarity >= self.min_similarity or h in exact]
         if not relevant or (own < self.min_topic_similarity and not exact):
             return Grounding("no_answer", reply=s.no_answer)
         return Grounding("passages", relevant, context=context_block(relevant, s.instruction))
+
+
+def _terms(hit: Hit) -> set[str]:
+    return set(bm25_terms([hit.chunk.chunk.index_text])[0])
 
 
 _FENCE = re.compile(r"<\s*/?\s*(documents?)\b", re.IGNORECASE)

@@ -50,7 +50,7 @@ def _import_bm25s() -> Any:
     return bm25s
 
 
-def tokenize(texts: list[str]) -> list[list[str]]:
+def bm25_terms(texts: list[str]) -> list[list[str]]:
     """BM25 terms: lower-cased words, English stop words out, Snowball-stemmed."""
     import Stemmer
     from bm25s.stopwords import STOPWORDS_EN_PLUS
@@ -100,7 +100,7 @@ def build(
         dense.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
     faiss.write_index(dense, str(tmp / "dense.faiss"))
     np.save(tmp / "ids.npy", ids.astype(np.int64), allow_pickle=False)
-    tokens = tokenize(texts) if texts else []
+    tokens = bm25_terms(texts) if texts else []
     if any(tokens):
         bm25 = bm25s.BM25()
         bm25.index(tokens, show_progress=False)

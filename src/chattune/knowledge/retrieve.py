@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 
 from chattune.data.types import Message
-from chattune.knowledge.index import tokenize
+from chattune.knowledge.index import bm25_terms
 from chattune.knowledge.store import KnowledgeBase, StoredChunk
 
 Mode = Literal["hybrid", "dense", "bm25", "rrf"]
@@ -137,7 +137,7 @@ class Retriever:
             ranked = [(i, similarity[i]) for i in dense]
             lexical_scores: dict[int, float] = {}
         else:
-            terms = [t for text in query.texts for t in tokenize([text])[0]]
+            terms = [t for text in query.texts for t in bm25_terms([text])[0]]
             lexical, lexical_scores = self._bm25(terms, n)
             if mode == "bm25":
                 ranked = [(i, lexical_scores[i]) for i in lexical]
@@ -159,7 +159,7 @@ class Retriever:
             weight = 0.0
             if lexical:
                 best = self.kb.chunks([lexical[0]])[lexical[0]].chunk.index_text
-                weight = lexical_gate(terms, set(tokenize([best])[0]), self.gate_floor)
+                weight = lexical_gate(terms, set(bm25_terms([best])[0]), self.gate_floor)
         fused = rrf([dense, lexical], [1.0, weight], self.rrf_k)
         # Ties go to the dense ranking, unless the best BM25 passage holds every query term
         # (gate fully open): then the lexical evidence is the stronger of the two.

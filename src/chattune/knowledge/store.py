@@ -17,8 +17,8 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from chattune.knowledge import index
 from chattune.knowledge.chunking import Chunk, chunk_blocks
 from chattune.knowledge.documents import FORMATS, Unreadable, read_file
 from chattune.knowledge.embed import DEFAULT_EMBEDDER, Embedder, load_embedder
+from chattune.knowledge.files import AddReport, display_name, files_to_add
 from chattune.knowledge.index import KnowledgeError
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,6 @@ class StoredChunk:
             return f"FAQ {c.faq_id}"
         where = f"page {c.line}" if self.format == "pdf" else f"line {c.line}"
         return f"{c.title} ({where})" if c.title else where
-
-
-@dataclass
-class AddReport:
-    added: list[tuple[str, int]] = field(default_factory=list)
-    replaced: list[tuple[str, int]] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 class KnowledgeBase:
@@ -144,8 +137,8 @@ class KnowledgeBase:
         """Add files and folders (recursively); skip unreadable ones with a warning each."""
         report = AddReport()
         problems: list[str] = []
-        for path in _expand(paths, report):
-            key, name = str(path.resolve()), _display(path)
+        for path in files_to_add(paths, report):
+            key, name = str(path.resolve()), display_name(path)
             try:
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
             except OSError as e:
@@ -322,39 +315,3 @@ class KnowledgeBase:
             "generation": self.generation,
             "disk_bytes": size,
         }
-
-
-def _expand(paths: Iterable[str | Path], report: AddReport) -> Iterator[Path]:
-    """Files to add: named files, and supported files under named folders (sorted)."""
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            root = path.resolve()
-            for child in sorted(path.rglob("*")):
-                if child.is_file() and not any(p.startswith(".") for p in child.parts):
-                    if not child.resolve().is_relative_to(root):
-                        # A link out of the folder would publish whatever it points at
-                        # (a key, a password file) to everyone who can chat with the bot.
-                        why = f"symbolic link to {child.resolve()}, outside {given}"
-                        report.skipped.append((f"{_display(child.parent)}/{child.name}", why))
-                        log.warning("skipped %s: %s", child, why)
-                    elif child.suffix.lower() in FORMATS:
-                        yield child
-                    else:
-                        report.skipped.append(
-                            (_display(child), f"unsupported file type {child.suffix!r}")
-                        )
-                        log.warning("skipped %s: unsupported file type", child)
-        elif path.is_file():
-            yield path
-        else:
-            raise KnowledgeError(f"{given}: no such file or folder")
-
-
-def _display(path: Path) -> str:
-    """The path relative to the working folder when it is inside it, else absolute."""
-    resolved = path.resolve()
-    try:
-        return resolved.relative_to(Path.cwd().resolve()).as_posix()
-    except ValueError:
-        return str(resolved)

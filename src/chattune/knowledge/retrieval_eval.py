@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chattune.data.readers import jsonl_records
+from chattune.data.jsonl import read_jsonl
 from chattune.data.types import Message
 from chattune.errors import DataError
 from chattune.knowledge.grounding import Knowledge
@@ -48,7 +48,7 @@ def read_questions(path: str | Path) -> list[Question]:
     if not path.is_file():
         raise DataError([f"--data {path}: no such file"])
     questions, problems = [], []
-    for n, row in jsonl_records(path, path.read_text(encoding="utf-8"), problems):
+    for n, row in read_jsonl(path, problems):
         if not isinstance(row, dict) or not str(row.get("question") or "").strip():
             problems.append(f"{path}:{n}: needs a non-empty 'question'")
             continue
@@ -82,7 +82,7 @@ def _strings(value: object) -> list[str] | None:
     return None
 
 
-def evaluate(
+def score_retrieval(
     retriever: Retriever, questions: list[Question], mode: Mode = "hybrid", k: int = 10
 ) -> dict[str, float]:
     """hit@1, hit@5, MRR (over the top ``k``) and per-query latency in milliseconds, over
