@@ -9,8 +9,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install -q -c constraints.txt
 STAMP  := $(VENV)/.chattune-installed
 DEMO   := runs/demo
-SYSTEM := You are Pine, the customer support assistant of Pinecrest Outfitters, an online \
-          outdoor gear store. Be friendly, brief and accurate.
+BOT    := examples/support/bot.yaml
 
 .PHONY: setup demo test test-fast lint bench clean
 
@@ -28,20 +27,19 @@ demo: setup
 	rm -rf $(DEMO)
 	$(BIN)/chattune data stats examples/support/train.jsonl --max-len 512
 	$(BIN)/chattune train --config configs/demo.yaml --output $(DEMO)
-	$(BIN)/chattune generate --model $(DEMO) --compare smollm2-135m-instruct \
-		--system "$(SYSTEM)" \
+	$(BIN)/chattune generate --model $(DEMO) --compare smollm2-135m-instruct --profile $(BOT) \
 		--prompt "Is there a time limit on returns?" --prompt "Will I be charged for shipping?" \
 		--prompt "Can I order from Germany?" --prompt "Is there a loyalty program?"
-	$(BIN)/chattune eval --model $(DEMO) --compare smollm2-135m-instruct \
+	$(BIN)/chattune eval --model $(DEMO) --compare smollm2-135m-instruct --profile $(BOT) \
 		--data examples/support/val.jsonl --max-examples 40 --max-new-tokens 96 \
 		--json $(DEMO)/eval/metrics.json --report $(DEMO)/eval/report.html
 	$(BIN)/chattune kb add examples/support/kb --kb $(DEMO)/kb
-	$(BIN)/chattune kb eval --kb $(DEMO)/kb --profile examples/support/bot.yaml \
+	$(BIN)/chattune kb eval --kb $(DEMO)/kb --profile $(BOT) \
 		--data examples/support/kb-paraphrases.jsonl --data examples/support/kb-unanswerable.jsonl
 	printf '%s\n' "Do you ship to Canada?" "How long does it take?" \
 		"How heavy is the Ridgeline 2 tent?" "Do gift cards expire?" \
 		"What is the capital of France?" | \
-		$(BIN)/chattune chat --model $(DEMO) --kb $(DEMO)/kb --profile examples/support/bot.yaml
+		$(BIN)/chattune chat --model $(DEMO) --kb $(DEMO)/kb --profile $(BOT)
 
 test: setup
 	$(BIN)/pytest -q

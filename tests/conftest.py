@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: tests never depend on the CWD
 ASSETS = Path(__file__).parent / "assets"
 TOKENIZER_DIR = ASSETS / "tiny-tokenizer"
 
@@ -85,6 +86,35 @@ def chat_files(tmp_path: Path) -> tuple[Path, Path]:
     train = write_jsonl(tmp_path / "train.jsonl", [conversation(i, i % 2 == 0) for i in range(16)])
     val = write_jsonl(tmp_path / "val.jsonl", [conversation(i) for i in range(4)])
     return train, val
+
+
+class FakeBackend:
+    """A generation backend that streams fixed pieces and records the prompts it was given.
+
+    Implements the whole :class:`chattune.backends.base.Backend` protocol, so the chat
+    engine, the server and evaluation run on it without a model.
+    """
+
+    def __init__(self, tokenizer, pieces: list[str], context_window: int = 4096) -> None:
+        self.tokenizer = tokenizer
+        self.pieces = pieces
+        self.context_window = context_window
+        self.end_ids = [tokenizer.eos_token_id]
+        self.prompts: list[list[int]] = []
+
+    def stream(self, prompt_ids, options, stop, cancel):
+        self.prompts.append(prompt_ids)
+        for p in self.pieces:
+            if cancel.is_set():
+                return
+            yield p
+
+    def generate(self, prompts, options, stop):
+        from chattune.model.generation import Generated
+
+        self.prompts += prompts
+        text = "".join(self.pieces)
+        return [Generated(text, True, len(self.pieces)) for _ in prompts]
 
 
 def free_port() -> int:

@@ -6,31 +6,15 @@ import threading
 
 import pytest
 
-from chattune.chat.engine import ChatEngine, PromptTooLong, TransformersBackend
+from chattune.backends.transformers import TransformersBackend
+from chattune.chat.engine import ChatEngine, PromptTooLong
 from chattune.chat.profile import BotProfile, Example, load_profile
 from chattune.chat.repl import run_chat
 from chattune.data.readers import read_conversations
 from chattune.data.types import Message
 from chattune.errors import ConfigError
 from chattune.model.generation import GenerationOptions
-from tests.conftest import run_cli
-
-
-class FakeBackend:
-    """Streams fixed pieces; records the prompt it was given."""
-
-    def __init__(self, tokenizer, pieces: list[str], context_window: int = 4096) -> None:
-        self.tokenizer = tokenizer
-        self.pieces = pieces
-        self.context_window = context_window
-        self.prompts: list[list[int]] = []
-
-    def stream(self, prompt_ids, options, stop, cancel):
-        self.prompts.append(prompt_ids)
-        for p in self.pieces:
-            if cancel.is_set():
-                return
-            yield p
+from tests.conftest import ROOT, FakeBackend, run_cli
 
 
 def turns(n: int) -> list[Message]:
@@ -78,19 +62,24 @@ def test_stop_string_split_across_pieces_is_never_shown(tokenizer) -> None:
     assert "".join(plain.stream([Message("user", "hi")])) == "abc"
 
 
-def test_transformers_backend_streams_and_cancels(tiny_model_dir) -> None:
+def test_transformers_backend_cancel_stops_generation_at_the_next_token(tiny_model_dir) -> None:
     from chattune.model.loading import load_model
 
-    backend = TransformersBackend(*load_model(str(tiny_model_dir)))
-    engine = ChatEngine(backend)
-    options = GenerationOptions(max_new_tokens=20)
-    text = "".join(engine.stream([Message("user", "Hello!")], options))
-    assert isinstance(text, str)
+    model, tokenizer = load_model(str(tiny_model_dir))
+    forwards = []
+    model.register_forward_hook(lambda *_: forwards.append(1))
+    engine = ChatEngine(TransformersBackend(model, tokenizer))
+    options = GenerationOptions(max_new_tokens=40)
+    history = [Message("user", "Hello!")]
+    list(engine.stream(history, options))
+    assert len(forwards) == 40  # this greedy reply runs to max_new_tokens when not cancelled
+    forwards.clear()
     cancel = threading.Event()
-    stream = engine.stream([Message("user", "Hello!")], options, cancel=cancel)
-    next(stream, None)
+    stream = engine.stream(history, options, cancel=cancel)
+    next(stream)
     cancel.set()
-    assert len(list(stream)) < 20  # the worker thread stopped early and was joined
+    list(stream)
+    assert len(forwards) <= 3  # stopped at the next token, not 40 steps later
 
 
 def test_repl_commands_and_save(tokenizer, tmp_path) -> None:
@@ -125,7 +114,7 @@ def test_profile_errors_name_the_field(tmp_path) -> None:
     with pytest.raises(ConfigError) as e:
         load_profile(bad)
     assert "generation.temperature" in str(e.value) and "colour: unknown key" in str(e.value)
-    assert load_profile("examples/support/bot.yaml").name == "Pine"
+    assert load_profile(ROOT / "examples/support/bot.yaml").name == "Pine"
 
 
 def test_chat_cli_answers_one_line_at_a_time(tiny_model_dir) -> None:
@@ -221,7 +210,7 @@ def test_a_failing_backend_worker_ends_the_stream(tiny_model_dir) -> None:
 
 
 def test_a_silent_backend_times_out_instead_of_hanging(tokenizer) -> None:
-    from chattune.chat.engine import BackendTimeout
+    from chattune.backends.transformers import BackendTimeout
 
     release = threading.Event()
 
@@ -240,3 +229,31 @@ def test_a_silent_backend_times_out_instead_of_hanging(tokenizer) -> None:
             list(backend.stream([1, 5], GenerationOptions(), [], threading.Event()))
     finally:
         release.set()
+
+
+def test_batched_and_streamed_replies_agree_and_stop_on_every_end_id(tiny_model_dir) -> None:
+    from chattune.backends.transformers import end_of_turn_ids
+    from chattune.model.loading import load_model
+
+    model, tokenizer = load_model(str(tiny_model_dir))
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, 7]  # as Llama 3 declares
+    ends = end_of_turn_ids(model, tokenizer)
+    assert {tokenizer.eos_token_id, 7, im_end} <= set(ends)  # config list + template's end
+    engine = ChatEngine(TransformersBackend(model, tokenizer), BotProfile(system_prompt="Hi."))
+    histories = [[Message("user", "Hello!")], [Message("user", "Where is my order, please?")]]
+    options = GenerationOptions(max_new_tokens=12)
+    batched = engine.generate(histories, options)
+    streamed = ["".join(engine.stream(h, options)).strip() for h in histories]
+    assert [g.text for g in batched] == streamed  # one path, two shapes: same greedy reply
+    assert all(g.n_tokens <= 12 for g in batched)
+    # A conversation's own system turn replaces the profile's, as in the HTTP API.
+    engine.backend.generate = lambda prompts, *a: [_echo(tokenizer, p) for p in prompts]
+    (own,) = engine.generate([[Message("system", "Be terse."), Message("user", "Hello!")]])
+    assert "Be terse." in own.text and "Hi." not in own.text
+
+
+def _echo(tokenizer, prompt):
+    from chattune.model.generation import Generated
+
+    return Generated(tokenizer.decode(prompt), True, 0)

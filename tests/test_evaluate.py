@@ -25,7 +25,7 @@ from chattune.evaluate.metrics import (
 )
 from chattune.evaluate.ratings import run_rate, summarize_ratings, wilson_interval
 from chattune.evaluate.report import write_report
-from chattune.evaluate.run import EvalSettings, run_eval, write_json
+from chattune.evaluate.run import EvalSettings, evaluate_models, write_json
 from chattune.evaluate.scoring import METRIC_KEYS, aggregate, bootstrap_deltas, make_records
 from chattune.model.generation import GenerationOptions
 from chattune.train.loop import run_train
@@ -146,10 +146,10 @@ def compared(overfit, tiny_model_dir) -> dict:
         data=[str(data)],
         compare=str(tiny_model_dir),
         bootstrap=200,
-        generation=GenerationOptions(max_new_tokens=24),
+        generation={"max_new_tokens": 24},
         progress=False,
     )
-    return run_eval(settings)
+    return evaluate_models(settings)
 
 
 def test_overfit_model_scores_perplexity_near_1_and_reproduces_replies(compared) -> None:
@@ -166,7 +166,9 @@ def test_json_keys_are_stable(compared, tmp_path) -> None:
     out = tmp_path / "eval.json"
     write_json(compared, out, per_example=False)
     data = json.loads(out.read_text())
-    assert set(data) == {"model", "data", "n_examples", "generation", "metrics", "compare"}
+    assert set(data) == {
+        "model", "data", "n_examples", "profile", "generation", "metrics", "compare"
+    }  # fmt: skip
     assert set(data["metrics"]) == {*METRIC_KEYS, "n_examples"}
     assert set(data["compare"]) == {"model", "metrics", "delta"}
     assert set(data["compare"]["delta"]["bleu"]) == {"delta", "ci95"}
@@ -198,14 +200,16 @@ def test_report_renders_with_images_and_samples(compared, tmp_path) -> None:
 
 
 def test_ratings_record_resume_and_summarise(tiny_model_dir, tmp_path) -> None:
+    from chattune.backends.transformers import TransformersBackend
+    from chattune.chat.engine import ChatEngine
     from chattune.model.loading import load_model
 
     conv = Conversation([Message("user", "q"), Message("assistant", "a")], "f:1")
     examples = turn_examples([conv] * 1) + turn_examples(
         [Conversation(conv.messages, f"f:{i}") for i in range(2, 5)]
     )
-    pair = load_model(str(tiny_model_dir))
-    models = {"A": pair, "B": pair}
+    engine = ChatEngine(TransformersBackend(*load_model(str(tiny_model_dir))))
+    models = {"A": engine, "B": engine}
     out = tmp_path / "ratings.jsonl"
     answers = iter(["x", "1", "q"])  # an invalid key is asked again; then quit
     options = GenerationOptions(max_new_tokens=2)
@@ -270,20 +274,3 @@ def test_eval_cli_bad_inputs(overfit, tmp_path, capsys) -> None:
     empty.write_text("\n")
     assert main(["eval", "--model", str(model), "--data", str(empty)]) == 2
     assert "empty file" in capsys.readouterr().err
-
-
-def test_eval_generate_during_training(tiny_model_dir, chat_files, tmp_path) -> None:
-    cfg = build_config(
-        flags={
-            "model.base": str(tiny_model_dir),
-            "data.train": [str(chat_files[0])],
-            "data.val": [str(chat_files[1])],
-            "train.output": str(tmp_path / "o"),
-            "train.progress": False,
-        },
-        overrides=["train.max_steps=2", "train.eval_every=2", "train.eval_generate=3"],
-    )
-    run_train(cfg)
-    lines = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
-    (evaluation,) = [x for x in lines if "eval_loss" in x]
-    assert {"eval_bleu", "eval_rouge_l", "eval_f1", "eval_distinct_2"} <= set(evaluation)

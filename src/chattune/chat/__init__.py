@@ -1,2 +1,2 @@
-"""Chatting with a model: generation now; the full chat engine (profiles, history budget,
-streaming, retrieval) grows here."""
+"""The chat engine (``engine``: the one path every reply takes, streamed or batched), bot
+profiles (``profile``) and the terminal chat (``repl``)."""

@@ -1,10 +1,14 @@
-"""The chat engine: one prompt builder and one generation path behind every front end.
+"""The chat engine: one prompt builder and one generation path behind every reply.
 
 The engine turns (profile, conversation so far) into the model's prompt through the chat
-template, keeping the newest turns that fit the context window, and streams the reply from
-a swappable :class:`Backend`. With a knowledge base, :meth:`ChatEngine.ground` first decides
-how the turn is grounded (passages in a quoted context block, a stored FAQ answer, or "I don't
-know"); the CLI chat, the HTTP API and the web page all go through here.
+template, keeping the newest turns that fit the context window, and gets the reply from a
+swappable :class:`~chattune.backends.base.Backend`: streamed for the terminal chat, the HTTP
+API and the web page; batched for ``generate``, ``eval``, ``rate`` and evaluation during
+training. So every reply, served or evaluated, sees the same bot profile (system prompt,
+persona, few-shot examples, stop strings, generation defaults) and the same history budget.
+
+With a knowledge base, :meth:`ChatEngine.ground` first decides how a turn is grounded
+(passages in a quoted context block, a stored FAQ answer, or "I don't know").
 """
 
 from __future__ import annotations
@@ -12,14 +16,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any
 
+from chattune.backends.base import Backend
 from chattune.chat.profile import BotProfile
-from chattune.data.render import generation_prompt_ids, neutralise_control_tokens, tokenize
+from chattune.data.render import generation_prompt_ids, keep_newest, neutralise_control_tokens
 from chattune.data.types import Message
 from chattune.errors import ChattuneError
 from chattune.knowledge.grounding import Grounding, Knowledge
-from chattune.model.generation import GenerationOptions, decoding_kwargs
+from chattune.model.generation import Generated, GenerationOptions
 
 log = logging.getLogger(__name__)
 
@@ -32,114 +37,21 @@ class PromptTooLong(ChattuneError):
         self.prompt_tokens, self.budget = prompt_tokens, budget
 
 
-class Backend(Protocol):
-    """Generates text for token ids. transformers now; llama.cpp or a vLLM server later."""
+def split_system(messages: list[Message]) -> tuple[str | None, list[Message]]:
+    """(the system text, or None; the other turns). A caller's system turns replace the
+    profile's system prompt, as in OpenAI's API.
 
-    tokenizer: Any
-    context_window: int
-
-    def stream(
-        self,
-        prompt_ids: list[int],
-        options: GenerationOptions,
-        stop: list[str],
-        cancel: threading.Event,
-    ) -> Iterator[str]: ...
-
-
-class BackendTimeout(ChattuneError):
-    """The backend produced no token for ``token_timeout`` seconds: generation is abandoned."""
-
-
-class TransformersBackend:
-    """Generate with ``model.generate`` in a worker thread, streaming decoded text.
-
-    Every failure in the worker (a bad option, out of memory, a broken model) ends the
-    stream and is re-raised in the consumer's thread; and the consumer waits at most
-    ``token_timeout`` seconds for each piece, so no failure can leave a caller waiting.
+    Example:
+        >>> split_system([Message("system", "Be brief."), Message("user", "hi")])[0]
+        'Be brief.'
     """
-
-    def __init__(self, model: Any, tokenizer: Any, token_timeout: float = 120.0) -> None:
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.token_timeout = token_timeout
-        config = getattr(model, "config", None)
-        self.context_window = int(getattr(config, "max_position_embeddings", 2048))
-
-    def stream(
-        self,
-        prompt_ids: list[int],
-        options: GenerationOptions,
-        stop: list[str],
-        cancel: threading.Event,
-    ) -> Iterator[str]:
-        import queue
-
-        from transformers import TextIteratorStreamer
-
-        streamer = TextIteratorStreamer(
-            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=self.token_timeout
-        )
-        errors: list[BaseException] = []
-
-        def work() -> None:
-            try:  # everything, seeding included: a worker that dies must still end the stream
-                self._generate(prompt_ids, options, stop, cancel, streamer)
-            except BaseException as e:  # surfaced in the caller's thread below
-                errors.append(e)
-                streamer.end()
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        try:
-            yield from streamer
-        except queue.Empty:
-            raise BackendTimeout(
-                f"no token for {self.token_timeout:g} s; generation abandoned"
-            ) from None
-        finally:
-            cancel.set()  # a consumer that stops early frees the worker at the next token
-            thread.join(self.token_timeout)
-            if thread.is_alive():
-                log.error("generation worker still running %gs after cancel", self.token_timeout)
-        if errors:
-            raise errors[0]
-
-    def _generate(
-        self,
-        prompt_ids: list[int],
-        options: GenerationOptions,
-        stop: list[str],
-        cancel: threading.Event,
-        streamer: Any,
-    ) -> None:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
-                return cancel.is_set()
-
-        ids = torch.tensor([prompt_ids])
-        kwargs: dict[str, Any] = dict(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            streamer=streamer,
-            max_new_tokens=options.max_new_tokens,
-            repetition_penalty=options.repetition_penalty,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-            stopping_criteria=StoppingCriteriaList([Cancelled()]),
-            **decoding_kwargs(options),
-        )
-        if stop:
-            kwargs.update(stop_strings=stop, tokenizer=self.tokenizer)
-        with torch.no_grad():
-            self.model.generate(**kwargs)
+    system = "\n".join(m.content for m in messages if m.role == "system") or None
+    return system, [m for m in messages if m.role != "system"]
 
 
 class ChatEngine:
-    """Prompt building, history budget and streaming for one model and one profile."""
+    """Prompt building, history budget, streaming and batched replies for one model and
+    one profile."""
 
     def __init__(
         self,
@@ -151,13 +63,18 @@ class ChatEngine:
         self.profile = profile or BotProfile()
         self.knowledge = knowledge
 
+    @property
+    def tokenizer(self) -> Any:
+        return self.backend.tokenizer
+
     def ground(self, history: list[Message]) -> Grounding | None:
         """Retrieve for this turn (the conversation so far); None without a knowledge base."""
         return self.knowledge.ground(history) if self.knowledge else None
 
-    @property
-    def tokenizer(self) -> Any:
-        return self.backend.tokenizer
+    def options(self, **overrides: Any) -> GenerationOptions:
+        """The profile's generation defaults with per-request overrides (``None`` = default)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return GenerationOptions.model_validate({**self.profile.generation.model_dump(), **given})
 
     def build_prompt(
         self,
@@ -181,14 +98,18 @@ class ChatEngine:
         head = [self._safe(m) for m in head]
         turns = [self._safe(m) for m in history]
         budget = self.backend.context_window - options.max_new_tokens
-        ids = generation_prompt_ids(self.tokenizer, head + turns)
-        if len(ids) <= budget:
-            return ids, 0
-        for cut in self._cuts(head, turns, len(ids), budget):
-            ids = generation_prompt_ids(self.tokenizer, head + turns[cut:])
-            if len(ids) <= budget:
-                log.info("history budget: dropped the %d oldest turns", cut)
-                return ids, cut
+
+        def build(kept: list[Message]) -> tuple[float, list[int]]:
+            ids = generation_prompt_ids(self.tokenizer, kept)
+            return len(ids), ids
+
+        found = keep_newest(self.tokenizer, head, turns, budget, build)
+        if found is not None:
+            if found[0]:
+                log.info("history budget: dropped the %d oldest turns", found[0])
+            return found[1], found[0]
+        last = max((i for i, m in enumerate(turns) if m.role == "user"), default=0)
+        ids = generation_prompt_ids(self.tokenizer, head + turns[last:])
         raise PromptTooLong(
             f"the message needs {len(ids)} prompt tokens but only {budget} fit "
             f"(context {self.backend.context_window} - max_tokens "
@@ -200,37 +121,6 @@ class ChatEngine:
     def _safe(self, message: Message) -> Message:
         return Message(message.role, neutralise_control_tokens(self.tokenizer, message.content))
 
-    def _cuts(
-        self, head: list[Message], turns: list[Message], rendered: int, budget: int
-    ) -> list[int]:
-        """Where the kept history may start (a user turn), the first likely to fit first.
-
-        Each message is tokenized once and the template's overhead spread evenly over the
-        messages, so one pass from the newest turn estimates every cut; the caller renders
-        the estimate to check it and tries the next cut only if the estimate was short.
-        Re-rendering the whole history once per dropped exchange was quadratic.
-        """
-        lengths = [len(tokenize(self.tokenizer, m.content)) for m in head + turns]
-        overhead = max(0.0, (rendered - sum(lengths)) / len(lengths))
-        cost = [n + overhead for n in lengths]
-        fixed, tail = sum(cost[: len(head)]), cost[len(head) :]
-        starts = [i for i, m in enumerate(turns) if i > 0 and m.role == "user"]
-        kept, fits = 0.0, len(starts) - 1
-        suffix = {}
-        for i in range(len(tail) - 1, -1, -1):
-            kept += tail[i]
-            suffix[i] = kept
-        for j, start in enumerate(starts):
-            if fixed + suffix[start] <= budget:
-                fits = j
-                break
-        return starts[fits:] if starts else []
-
-    def options(self, **overrides: Any) -> GenerationOptions:
-        """The profile's generation defaults with per-request overrides."""
-        given = {k: v for k, v in overrides.items() if v is not None}
-        return self.profile.generation.model_copy(update=given)
-
     def stream(
         self,
         history: list[Message],
@@ -241,7 +131,8 @@ class ChatEngine:
         prompt_ids: list[int] | None = None,
         grounding: Grounding | None = None,
     ) -> Iterator[str]:
-        """Yield the reply in pieces; stops at a stop string, EOS, max tokens or ``cancel``.
+        """Yield the reply in pieces; stops at a stop string, an end id, max tokens or
+        ``cancel``.
 
         ``stop`` adds to the profile's stop strings; ``prompt_ids`` skips rebuilding a
         prompt the caller already built with :meth:`build_prompt`; a ``grounding`` from
@@ -259,7 +150,7 @@ class ChatEngine:
         text, sent = "", 0
         for piece in self.backend.stream(prompt, options, stops, cancel or threading.Event()):
             text += piece
-            cut = min((text.find(s) for s in stops if s in text), default=-1)
+            cut = _first_stop(text, stops)
             if cut >= 0:
                 if cut > sent:
                     yield text[sent:cut]
@@ -272,3 +163,36 @@ class ChatEngine:
 
     def reply(self, history: list[Message], **kwargs: Any) -> str:
         return "".join(self.stream(history, **kwargs)).strip()
+
+    def generate(
+        self, conversations: list[list[Message]], options: GenerationOptions | None = None
+    ) -> list[Generated]:
+        """Replies to several conversations (each ending with a user turn) in one batch.
+
+        The batched twin of :meth:`stream`: same profile, grounding, budget and stop
+        strings. A conversation's own system turns replace the profile's system prompt.
+        """
+        options = options or self.profile.generation
+        stops = list(self.profile.stop)
+        results: list[Generated | None] = [None] * len(conversations)
+        prompts: dict[int, list[int]] = {}
+        for i, messages in enumerate(conversations):
+            system, history = split_system(messages)
+            grounding = self.ground(history)
+            if grounding and grounding.reply is not None:  # FAQ answer or "don't know"
+                results[i] = Generated(grounding.reply, True, 0)
+            else:
+                prompts[i] = self.build_prompt(history, options, system, grounding)[0]
+        if prompts:
+            replies = self.backend.generate(list(prompts.values()), options, stops)
+            for i, reply in zip(prompts, replies, strict=True):
+                cut = _first_stop(reply.text, stops)
+                stopped = reply.stopped or cut >= 0
+                text = reply.text[:cut] if cut >= 0 else reply.text
+                results[i] = Generated(text.strip(), stopped, reply.n_tokens)
+        return [r for r in results if r is not None]
+
+
+def _first_stop(text: str, stops: list[str]) -> int:
+    """Where the first stop string begins in ``text``, or -1."""
+    return min((text.find(s) for s in stops if s in text), default=-1)

@@ -1,8 +1,9 @@
 """Evaluation: did fine-tuning help, and by how much?
 
 ``examples`` turns conversations into (history, reference reply) pairs; ``metrics`` scores
-replies (sacrebleu, rouge-score, SQuAD-style F1, distinct-n); ``generation`` produces replies
-in batches; ``perplexity`` scores references by teacher forcing; ``compare`` puts two models
-side by side with bootstrap intervals; ``report`` writes HTML/Markdown; ``ratings`` records
-and summarises human preferences.
+replies (sacrebleu, rouge-score, SQuAD-style F1, distinct-n); ``generation`` gets replies
+through the chat engine (so the bot profile applies); ``perplexity`` scores references by
+teacher forcing; ``scoring`` and ``run`` put two models side by side with bootstrap intervals;
+``report`` writes HTML/Markdown; ``ratings`` records and summarises human preferences;
+``during_training`` is the ``on_evaluate`` callback ``chattune train --eval-generate`` uses.
 """

@@ -1,18 +1,21 @@
-"""Replies for evaluation examples, in length-sorted batches with a progress bar."""
+"""Replies for evaluation examples through the chat engine, in length-sorted batches.
+
+Every reply an evaluation scores comes from :meth:`ChatEngine.generate`: the same bot
+profile (system prompt, few-shot examples, stop strings), history budget and end-of-turn
+handling as a served reply, so the numbers describe the bot users talk to.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
+from chattune.chat.engine import ChatEngine
 from chattune.evaluate.examples import TurnExample
-from chattune.model.generation import Generated, GenerationOptions, generate_batch
+from chattune.model.generation import Generated, GenerationOptions
 
 
 def generate_replies(
-    model: Any,
-    tokenizer: Any,
+    engine: ChatEngine,
     examples: list[TurnExample],
-    options: GenerationOptions,
+    options: GenerationOptions | None = None,
     batch_size: int = 8,
     progress: bool = True,
     desc: str = "generate",
@@ -22,13 +25,10 @@ def generate_replies(
 
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].history))
     results: list[Generated | None] = [None] * len(examples)
-    model.eval()
     with tqdm(total=len(examples), desc=desc, disable=not progress, unit="reply") as bar:
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
-            replies = generate_batch(
-                model, tokenizer, [examples[i].history for i in batch], options
-            )
+            replies = engine.generate([list(examples[i].history) for i in batch], options)
             for i, reply in zip(batch, replies, strict=True):
                 results[i] = reply
             bar.update(len(batch))

@@ -18,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from chattune.chat.engine import ChatEngine
 from chattune.evaluate.examples import TurnExample
-from chattune.model.generation import GenerationOptions, generate_batch
+from chattune.model.generation import GenerationOptions
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -75,23 +76,23 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
 
 def run_rate(
     examples: list[TurnExample],
-    models: dict[str, tuple[Any, Any]],
+    engines: dict[str, ChatEngine],
     out: str | Path,
-    options: GenerationOptions | None = None,
-    ask: Callable[[str], str] = input,
-    show: Callable[[str], None] = print,
+    options: GenerationOptions | None,
+    ask: Callable[[str], str],
+    show: Callable[[str], None],
     seed: int = 0,
 ) -> int:
     """Show each unrated example with two shuffled replies; record the choice. Returns count.
 
     Args:
-        models: exactly two ``name -> (model, tokenizer)`` entries, in report order.
-        ask / show: terminal I/O, injectable for tests.
+        engines: exactly two ``name -> chat engine`` entries, in report order.
+        ask / show: the terminal's input and output (the CLI passes ``input`` and
+            ``print``; library code never talks to the terminal itself).
     """
-    names = list(models)
+    names = list(engines)
     if len(names) != 2:
         raise ValueError("rating compares exactly two models")
-    options = options or GenerationOptions()
     done = {r["id"] for r in read_ratings(out) if r["models"] == names}
     todo = [e for e in examples if e.id not in done]
     show(f"{len(done)} rated already, {len(todo)} to go. Keys: 1, 2, t(ie), s(kip), q(uit).")
@@ -99,8 +100,7 @@ def run_rate(
     with Path(out).open("a") as f:
         for ex in todo:
             replies = {
-                n: generate_batch(m, t, [list(ex.history)], options)[0].text
-                for n, (m, t) in models.items()
+                n: e.generate([list(ex.history)], options)[0].text for n, e in engines.items()
             }
             shown = names[:]
             random.Random(f"{seed}:{ex.id}").shuffle(shown)

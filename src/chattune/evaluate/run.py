@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chattune.backends.transformers import TransformersBackend
+from chattune.chat.engine import ChatEngine
+from chattune.chat.profile import BotProfile
 from chattune.data.readers import read_many
 from chattune.errors import DataError
 from chattune.evaluate.examples import TurnExample, turn_examples
@@ -21,7 +24,6 @@ from chattune.evaluate.scoring import (
     bootstrap_deltas,
     make_records,
 )
-from chattune.model.generation import GenerationOptions
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,10 @@ class EvalSettings:
     max_len: int = 1024
     batch_size: int = 8
     bootstrap: int = 1000
-    generation: GenerationOptions = field(default_factory=GenerationOptions)
+    #: who the bot is (system prompt, stop strings, generation defaults); as when serving
+    profile: BotProfile = field(default_factory=BotProfile)
+    #: generation settings over the profile's (``max_new_tokens=96``, ...)
+    generation: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
 
 
@@ -60,13 +65,12 @@ def evaluate_model(spec: str, examples: list[TurnExample], settings: EvalSetting
     from chattune.model.loading import load_model
 
     model, tokenizer = load_model(spec)
-    model.eval()
+    engine = ChatEngine(TransformersBackend(model, tokenizer), settings.profile)
     losses = reference_losses(model, tokenizer, examples, settings.max_len, settings.batch_size)
     replies = generate_replies(
-        model,
-        tokenizer,
+        engine,
         examples,
-        settings.generation,
+        engine.options(**settings.generation),
         settings.batch_size,
         settings.progress,
         desc=f"generate {spec}",
@@ -81,7 +85,7 @@ def evaluate_model(spec: str, examples: list[TurnExample], settings: EvalSetting
     return ModelResult(spec, aggregate(records), records)
 
 
-def run_eval(settings: EvalSettings) -> dict[str, Any]:
+def evaluate_models(settings: EvalSettings) -> dict[str, Any]:
     """The whole evaluation as a JSON-ready dict (the ``--json`` file; keys in docs)."""
     from chattune.model.loading import resolve
 
@@ -93,7 +97,10 @@ def run_eval(settings: EvalSettings) -> dict[str, Any]:
         "model": main.name,
         "data": settings.data,
         "n_examples": len(examples),
-        "generation": settings.generation.model_dump(),
+        "profile": settings.profile.name,
+        "generation": settings.profile.generation.model_copy(
+            update=settings.generation
+        ).model_dump(),
         "metrics": main.metrics,
         "per_example": [r.public() for r in main.records],
         "examples": [[m.as_dict() for m in e.history] for e in examples],

@@ -1,6 +1,7 @@
-"""Reply generation through the chat template, batched with left padding.
+"""How replies are sampled: the options every backend takes, and seeded sampling.
 
-Shared by evaluation, the demo's side-by-side view and (next) the chat engine.
+Generation itself lives in :mod:`chattune.backends` (behind the chat engine); this module
+holds what the model layer knows about it, so training, backends and profiles share it.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from chattune.data.render import generation_prompt_ids
 
 
 class GenerationOptions(BaseModel):
@@ -82,42 +81,3 @@ def decoding_kwargs(options: GenerationOptions) -> dict[str, Any]:
         "do_sample": False,
         "logits_processor": LogitsProcessorList([*warpers, SeededSampler(generator)]),
     }
-
-
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r)
-        mask[i, width - len(r) :] = 1
-    return ids, mask
-
-
-def generate_batch(
-    model: Any, tokenizer: Any, histories: list[list[Any]], options: GenerationOptions
-) -> list[Generated]:
-    """Reply to each history; prompts are left-padded so every row continues at the end."""
-    import torch
-
-    rows = [generation_prompt_ids(tokenizer, list(h)) for h in histories]
-    ids, mask = _left_pad(rows, tokenizer.pad_token_id)
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=options.max_new_tokens,
-            repetition_penalty=options.repetition_penalty,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            **decoding_kwargs(options),
-        )
-    results = []
-    for row in out[:, ids.shape[1] :].tolist():
-        stop = row.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in row else None
-        new = row if stop is None else row[:stop]
-        text = tokenizer.decode(new, skip_special_tokens=True).strip()
-        results.append(Generated(text, stop is not None, len(new)))
-    return results
