@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -9,17 +10,28 @@ import signal
 import subprocess
 import sys
 import time
+import typing
+from pathlib import Path
 
-from chattune.cli import COMMANDS, build_parser, main
+import pytest
+from pydantic import BaseModel
+
+from chattune.cli import COMMANDS, build_parser, main, parse
+from chattune.cli.command import field_info
+from chattune.cli.common import GenerationOverrides, load_bot
+from chattune.errors import ConfigError
 from tests.conftest import run_cli, train_args
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+SRC = Path(__file__).resolve().parents[1] / "src" / "chattune"
 
-
+#: The least each command needs to validate.
 REQUIRED = {
     "data check": ["x.jsonl"],
     "data stats": ["x.jsonl"],
     "data export-feedback": ["--out", "x.jsonl"],
+    "train": ["--data", "x.jsonl"],
+    "eval": ["--data", "x.jsonl"],
     "rate": ["--data", "x.jsonl", "--models", "a", "b", "--out", "r.jsonl"],
     "kb add": ["doc.md", "--kb", "kb"],
     "kb remove": ["doc.md", "--kb", "kb"],
@@ -31,12 +43,44 @@ REQUIRED = {
 }
 
 
-def test_command_table_matches_the_parser() -> None:
+def test_command_table_is_complete_and_maps_every_flag_to_a_field() -> None:
+    for name, command in COMMANDS.items():
+        assert command.name == name and command.help  # the docstring is the command's help
+        for flag, dotted in command.flags.items():
+            kind = field_info(command.config, dotted).annotation  # KeyError: no such field
+            assert not (isinstance(kind, type) and issubclass(kind, BaseModel)), f"{name} {flag}"
+        assert len(set(command.flags.values())) == len(command.flags), name  # one flag a field
+        assert sum(not f.startswith("-") for f in command.flags) <= 1, name
+        found, cfg = parse([*name.split(), *REQUIRED.get(name, [])])
+        assert found is command and isinstance(cfg, command.config)
+
+
+def test_every_flag_sets_its_field() -> None:
+    """Each named flag, given a value, lands in its field (argparse dest = the field)."""
+    values = {int: "3", float: "0.5", str: "x"}
+    for name, command in COMMANDS.items():
+        for flag, dotted in command.flags.items():
+            if not flag.startswith("-"):
+                continue
+            action = _action(name, flag)
+            if action.choices:
+                argv = [flag, str(action.choices[-1])]
+            elif action.nargs == 0:
+                argv = [flag]
+            else:
+                argv = [flag] + [values.get(action.type, "x")] * (action.nargs or 1)
+            if (name, flag) == ("serve", "--host"):
+                argv += ["--api-key", "k"]  # a public host needs a key
+            args = build_parser().parse_args([*name.split(), *REQUIRED.get(name, []), *argv])
+            assert hasattr(args, dotted), f"{name} {flag}"
+
+
+def _action(name: str, flag: str):
     parser = build_parser()
-    for verb in COMMANDS:
-        args = parser.parse_args([*verb.split(), *REQUIRED.get(verb, [])])
-        assert args.func is COMMANDS[verb]
-        assert COMMANDS[verb].__doc__  # the docstring is the command's help
+    for word in name.split():
+        sub = next(a for a in parser._actions if a.dest in ("verb", f"{name.split()[0]}_verb"))
+        parser = sub.choices[word]
+    return next(a for a in parser._actions if flag in a.option_strings)
 
 
 def test_help_is_instant_and_imports_no_torch() -> None:
@@ -46,6 +90,102 @@ def test_help_is_instant_and_imports_no_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["train", "--config", "configs/lora.yaml", "train.lr=1e-4"],
+            "data.train (--data): required",
+        ),
+        (["eval", "--model", "runs/x"], "data (--data): required"),
+        (["rate", "--models", "a", "b"], "data (--data): required"),
+        (["kb", "search", "where?"], "kb (--kb): required"),
+        (["generate", "--prompt", "hi", "--data", "x.jsonl"], "data (--data): give prompts"),
+        (["chat", "--temperature", "0"], "generation.temperature (--temperature): Input should be"),
+    ],
+)
+def test_required_fields_fail_before_anything_loads(argv, expected) -> None:
+    """Each problem is found by validation alone: no torch import, no model, in a blink."""
+    probe = (
+        "import sys, contextlib, io\n"
+        "from chattune.cli import main\n"
+        "err = io.StringIO()\n"
+        "with contextlib.redirect_stderr(err):\n"
+        f"    code = main({argv!r})\n"
+        "print(code, 'torch' in sys.modules, err.getvalue())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("2 False error: invalid configuration:"), out.stdout + out.stderr
+    assert expected in out.stdout
+
+
+def test_every_problem_is_reported_at_once(capsys) -> None:
+    argv = ["serve", "--port", "99999", "--max-tokens-limit", "0", "--top-p", "2", "color=red"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[1:] == [
+        "  generation.top_p (--top-p): Input should be less than or equal to 1 (got 2.0)",
+        "  http.port (--port): Input should be less than or equal to 65535 (got 99999)",
+        "  limits.max_tokens_limit (--max-tokens-limit): Input should be greater than or equal "
+        "to 1 (got 0)",
+        "  color: unknown key",
+    ]
+
+
+def test_yaml_flags_and_overrides_layer_for_every_verb(tmp_path) -> None:
+    run = tmp_path / "eval.yaml"
+    run.write_text("data: [a.jsonl]\ngeneration: {max_new_tokens: 5, top_k: 3}\nbatch_size: 2\n")
+    _, cfg = parse(["eval", "--config", str(run), "--max-new-tokens", "7", "output.report=r.html"])
+    assert cfg.data == ["a.jsonl"] and cfg.batch_size == 2 and cfg.output.report == "r.html"
+    assert cfg.generation.given() == {"max_new_tokens": 7, "top_k": 3}
+    with pytest.raises(ConfigError, match=r"--config .*no such file"):
+        parse(["chat", "--config", str(tmp_path / "missing.yaml")])
+
+
+def test_positionals_and_overrides_mix_in_any_order() -> None:
+    _, cfg = parse(["data", "check", "a.jsonl", "--format", "csv", "b.csv", "objective=lm"])
+    assert (cfg.files, cfg.format, cfg.objective) == (["a.jsonl", "b.csv"], "csv", "lm")
+    _, cfg = parse(["kb", "search", "do you ship?", "--kb", "kb", "k=2"])
+    assert (cfg.query, cfg.k) == ("do you ship?", 2)
+    with pytest.raises(ConfigError, match="QUERY: one expected"):
+        parse(["kb", "search", "do", "you", "--kb", "kb"])
+    with pytest.raises(SystemExit):
+        parse(["data", "check", "a.jsonl", "--colour", "red"])
+
+
+def test_generation_flags_override_only_what_they_name() -> None:
+    _, cfg = parse(["eval", "--data", "x.jsonl", "--profile", "examples/support/bot.yaml",
+                    "--temperature", "0.2", "--system", "Be terse."])  # fmt: skip
+    assert cfg.generation.given() == {"temperature": 0.2}
+    from chattune.chat.profile import load_profile
+
+    profile = load_profile("examples/support/bot.yaml")
+    bot = load_bot(cfg.bot, cfg.generation)
+    assert bot.generation == profile.generation.model_copy(update={"temperature": 0.2})
+    assert bot.system_prompt == "Be terse." and bot.persona == profile.persona
+
+
+def test_shared_sections_mirror_the_library() -> None:
+    from chattune.cli.kb import Mode
+    from chattune.knowledge.retrieve import MODES
+    from chattune.model.generation import GenerationOptions
+    from chattune.serve.protocol import ServeOptions
+
+    assert typing.get_args(Mode) == MODES
+    assert set(GenerationOverrides.model_fields) == set(GenerationOptions.model_fields)
+    serve = COMMANDS["serve"].flags.values()
+    assert {f"limits.{name}" for name in ServeOptions.model_fields} <= set(serve)
+
+
+def test_cli_modules_stay_small() -> None:
+    for path in sorted((SRC / "cli").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        assert len(path.read_text().splitlines()) <= 300, path.name
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef):
+                assert node.end_lineno - node.lineno < 60, f"{path.name}: {node.name}"
 
 
 def test_max_steps_2_run_leaves_exactly_the_expected_files(tiny_model_dir, chat_files, tmp_path):

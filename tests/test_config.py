@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import Field, model_validator
 
-from chattune.config import RunConfig, build_config, dump_config, parse_override
+from chattune.config import (
+    FieldProblem,
+    RunConfig,
+    Section,
+    build_config,
+    dump_config,
+    load_config,
+    merge_layers,
+    parse_override,
+)
 from chattune.errors import ConfigError
+
+FLAGS = {"--lr": "train.lr", "--val-data": "data.val", "--val-split": "data.val_split"}
 
 
 def test_layers_apply_in_order(tmp_path) -> None:
@@ -14,6 +26,7 @@ def test_layers_apply_in_order(tmp_path) -> None:
     cfg = build_config(run, {"train.lr": 5e-4}, ["train.lr=2e-4", "data.mask=last"])
     assert (cfg.train.lr, cfg.train.epochs, cfg.adapter.method) == (2e-4, 2, "ia3")
     assert cfg.data.mask.value == "last"
+    assert merge_layers(run, {"train.lr": 5e-4})["train"] == {"lr": 5e-4, "epochs": 2}
 
 
 def test_resolved_config_round_trips(tmp_path) -> None:
@@ -26,19 +39,58 @@ def test_resolved_config_round_trips(tmp_path) -> None:
 
 def test_all_problems_at_once_with_field_and_flag() -> None:
     with pytest.raises(ConfigError) as e:
-        build_config(
+        load_config(
+            RunConfig,
             overrides=[
                 "train.lr=abc",
                 "train.colour=red",
                 "adapter.method=prefix",
                 "data.val_split=0.2",
                 "data.val=[v.jsonl]",
-            ]
+            ],
+            flag_table=FLAGS,
         )
-    text = str(e.value)
-    assert "train.lr (--lr): Input should be a valid number" in text
-    assert "train.colour: unknown key" in text
-    assert "adapter.method" in text and "data.val (--val-data) or data.val_split" in text
+    lines = str(e.value).splitlines()
+    assert lines[0] == "invalid configuration:"
+    assert (
+        "  train.lr (--lr): Input should be a valid number, unable to parse string as a "
+        "number (got 'abc')" in lines
+    )
+    assert "  train.colour: unknown key" in lines
+    assert any(line.startswith("  adapter.method: Input should be 'lora'") for line in lines)
+    assert (
+        "  data.val_split (--val-split): give either data.val (--val-data) or data.val_split, "
+        "not both" in lines
+    )
+    assert len(lines) == 5  # one line a problem
+
+
+class _Job(Section):
+    """A made-up command's config: the machinery knows no real one."""
+
+    files: list[str] = Field(min_length=1)
+    name: str
+    ratings: str | None = None
+    limit: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _ratings_need_a_limit(self) -> _Job:
+        if self.ratings and self.limit < 5:
+            raise FieldProblem("limit", "at least 5 with ratings")
+        return self
+
+
+def test_required_fields_and_cross_field_problems_name_their_flag() -> None:
+    flags = {"FILE": "files", "--name": "name", "--limit": "limit"}
+    with pytest.raises(ConfigError) as e:
+        load_config(_Job, given={"files": []}, flag_table=flags)
+    assert str(e.value).splitlines()[1:] == [
+        "  files (FILE): required: give at least one",
+        "  name (--name): required",
+    ]
+    with pytest.raises(ConfigError, match=r"limit \(--limit\): at least 5 with ratings$"):
+        load_config(_Job, given={"files": ["a"], "name": "x"}, overrides=["ratings=r.jsonl"],
+                    flag_table=flags)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -63,3 +115,5 @@ def test_bad_yaml_and_bad_override(tmp_path) -> None:
         build_config(overrides=["train.lr"])
     with pytest.raises(ConfigError, match="no such file"):
         build_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="'lr' is a value, not a section"):
+        build_config(overrides=["train.lr=1", "train.lr.x=2"])

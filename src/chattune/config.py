@@ -1,12 +1,17 @@
-"""Configuration: one small model per concern, mapped 1:1 to YAML sections.
+"""Configuration: pydantic models mapped 1:1 to YAML, and the machinery every command uses.
 
-A run is configured in three layers, later ones winning::
+A command is configured in four layers, later ones winning::
 
     defaults  <  --config run.yaml  <  named flags (--lr 1e-4)  <  dotted overrides (train.lr=1e-4)
 
-Unknown keys are errors, and every problem is reported at once, naming the field (and the
-flag that sets it). The resolved config is written as ``config.yaml`` beside every checkpoint
-and output, so a run can always be reproduced.
+:func:`load_config` merges the layers into one tree and validates it once against the
+command's model: unknown keys are errors, and every problem is reported together, naming
+the field and the flag that sets it (``train.lr (--lr): Input should be a valid number``).
+This module knows no command: each one brings its model and its flag table (``cli/``).
+
+The sections of ``chattune train`` (:class:`RunConfig`) live here because ``train/`` and
+``model/`` read them. The resolved config is written as ``config.yaml`` beside every
+checkpoint and output, so a run can always be reproduced.
 
 We use pydantic models rather than plain dataclasses (as STYLE.md suggests): they give the
 same declarative shape plus type coercion from YAML/CLI strings and error collection for
@@ -16,8 +21,9 @@ free, which is exactly the hand-written part litgpt's ``args.py`` has to carry i
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -28,11 +34,33 @@ from chattune.errors import ConfigError
 Method = Literal["lora", "adalora", "ia3", "freeze", "full"]
 
 
-class _Section(BaseModel):
+DataFormat = Literal["auto", "messages", "sharegpt", "csv", "dailydialog", "text"]
+M = TypeVar("M", bound=BaseModel)
+
+
+class Section(BaseModel):
+    """Base of every config model: unknown keys are errors, assignments are validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ModelConfig(_Section):
+class FieldProblem(ValueError):
+    """A cross-field check that blames one field: raise it from a ``model_validator``.
+
+    Reported like a field error, with the field's flag (``data (--data): required``). The
+    field is relative to the model that raises it.
+
+    Example:
+        >>> raise FieldProblem("data", "required unless --ratings is given")  # doctest: +SKIP
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class ModelConfig(Section):
     """Which pretrained model to start from."""
 
     base: str = Field(
@@ -43,29 +71,31 @@ class ModelConfig(_Section):
     trust_remote_code: bool = Field(False, description="run model code shipped with a folder")
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     """Where the data is and how it becomes tokens."""
 
     train: list[str] = Field(default_factory=list)
     val: list[str] = Field(default_factory=list)
     val_split: float = Field(0.0, ge=0.0, lt=1.0, description="hold out this share of train")
-    format: Literal["auto", "messages", "sharegpt", "csv", "dailydialog", "text"] = "auto"
+    format: DataFormat = Field("auto", description="auto: from the extension and first record")
     objective: Literal["chat", "lm"] = Field("chat", description="lm: continued pre-training")
     max_len: int = Field(1024, ge=8, description="tokens per example; oldest turns are dropped")
-    mask: MaskPolicy = MaskPolicy.ASSISTANT
+    mask: MaskPolicy = Field(MaskPolicy.ASSISTANT, description="which turns carry the loss")
     block_size: int = Field(512, ge=16, description="packed block length for objective=lm")
 
     @model_validator(mode="after")
     def _one_validation_source(self) -> DataConfig:
         if self.val and self.val_split:
-            raise ValueError("give either data.val (--val-data) or data.val_split, not both")
+            raise FieldProblem(
+                "val_split", "give either data.val (--val-data) or data.val_split, not both"
+            )
         return self
 
 
-class AdapterConfig(_Section):
+class AdapterConfig(Section):
     """What is trained: an adapter (peft), the top layers, or everything."""
 
-    method: Method = "lora"
+    method: Method = Field("lora", description="what is trained")
     r: int = Field(16, ge=1, description="LoRA rank (AdaLoRA: initial rank)")
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="adapter dropout")
@@ -75,22 +105,22 @@ class AdapterConfig(_Section):
     train_head: bool = Field(True, description="freeze: also train the output head")
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """The optimisation loop."""
 
-    output: str = "runs/chattune"
-    epochs: float = Field(1.0, gt=0)
+    output: str = Field("runs/chattune", description="folder for the result and checkpoints")
+    epochs: float = Field(1.0, gt=0, description="passes over the training data")
     max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="examples per step")
     grad_accum: int = Field(1, ge=1)
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(2e-4, gt=0, description="peak learning rate")
     optimizer: Literal["adamw", "sgd", "lamb"] = "adamw"
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum")
     weight_decay: float = Field(0.0, ge=0)
     scheduler: Literal["linear", "cosine", "constant"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
-    seed: int = 42
+    seed: int = Field(42, description="seeds shuffling, dropout and initialisation")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="bf16 = bf16 autocast over fp32 weights; auto picks bf16 on CPUs "
@@ -108,44 +138,18 @@ class TrainConfig(_Section):
     min_delta: float = Field(0.0, ge=0)
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(1, ge=1)
-    resume: bool = False
+    resume: bool = Field(False, description="continue from the newest complete checkpoint")
     progress: bool = True
     gradient_checkpointing: bool = False
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     """Everything ``chattune train`` needs."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-
-
-#: Named CLI flags and the field each one sets (errors name both).
-FLAGS: dict[str, str] = {
-    "--data": "data.train",
-    "--val-data": "data.val",
-    "--val-split": "data.val_split",
-    "--format": "data.format",
-    "--objective": "data.objective",
-    "--max-len": "data.max_len",
-    "--mask": "data.mask",
-    "--base": "model.base",
-    "--method": "adapter.method",
-    "--output": "train.output",
-    "--epochs": "train.epochs",
-    "--max-steps": "train.max_steps",
-    "--lr": "train.lr",
-    "--batch-size": "train.batch_size",
-    "--eval-every": "train.eval_every",
-    "--save-every": "train.save_every",
-    "--patience": "train.patience",
-    "--eval-generate": "train.eval_generate",
-    "--seed": "train.seed",
-    "--resume": "train.resume",
-}
-_FIELD_TO_FLAG = {v: k for k, v in FLAGS.items()}
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -193,43 +197,109 @@ def load_yaml(path: str | Path, flag: str = "--config") -> dict[str, Any]:
     return tree
 
 
-def build_config(
+def merge_layers(
     yaml_path: str | Path | None = None,
-    flags: dict[str, Any] | None = None,
+    given: Mapping[str, Any] | None = None,
     overrides: list[str] | None = None,
-) -> RunConfig:
-    """Merge the three layers and validate once, reporting every problem together.
+) -> dict[str, Any]:
+    """One tree from the layers above the defaults: YAML, then named flags, then overrides.
+
+    Example:
+        >>> merge_layers(given={"train.lr": 1e-3}, overrides=["train.lr=2e-4", "data.mask=last"])
+        {'train': {'lr': 0.0002}, 'data': {'mask': 'last'}}
+    """
+    tree = load_yaml(yaml_path) if yaml_path else {}
+    for key, value in (given or {}).items():
+        _set_dotted(tree, key, value)
+    for text in overrides or []:
+        _set_dotted(tree, *parse_override(text))
+    return tree
+
+
+def load_config(
+    model: type[M],
+    yaml_path: str | Path | None = None,
+    given: Mapping[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    flag_table: Mapping[str, str] | None = None,
+) -> M:
+    """Merge the layers and validate once against ``model``, reporting every problem together.
 
     Args:
-        yaml_path: a YAML file with sections ``model``, ``data``, ``adapter``, ``train``.
-        flags: dotted field -> value for named flags the user actually gave.
+        model: the command's config model (sections are nested models).
+        yaml_path: a YAML file whose keys are ``model``'s fields.
+        given: dotted field -> value, for the named flags the user actually gave.
         overrides: ``key=value`` strings, applied last.
+        flag_table: flag -> dotted field, so that errors name the flag too.
+
+    Raises:
+        ConfigError: naming each bad field (and its flag), all at once.
+
+    Example:
+        >>> load_config(RunConfig, overrides=["train.lr=1e-3"]).train.lr
+        0.001
+    """
+    tree = merge_layers(yaml_path, given, overrides)
+    try:
+        return model.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, flag_table)) from None
+
+
+def build_config(
+    yaml_path: str | Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    """A :class:`RunConfig` from the layers (``flags``: dotted field -> value).
 
     Example:
         >>> build_config(overrides=["train.lr=1e-3"]).train.lr
         0.001
     """
-    tree = load_yaml(yaml_path) if yaml_path else {}
-    for key, value in (flags or {}).items():
-        _set_dotted(tree, key, value)
-    for text in overrides or []:
-        _set_dotted(tree, *parse_override(text))
-    try:
-        return RunConfig.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e)) from None
+    return load_config(RunConfig, yaml_path, flags, overrides)
 
 
-def format_validation_error(error: ValidationError) -> str:
+def format_validation_error(
+    error: ValidationError, flag_table: Mapping[str, str] | None = None
+) -> str:
+    """Every problem of ``error`` on its own line: ``field (flag): message (got value)``.
+
+    Example:
+        >>> try:
+        ...     RunConfig.model_validate({"train": {"lr": "abc"}})
+        ... except ValidationError as e:
+        ...     print(format_validation_error(e, {"--lr": "train.lr"}))
+        invalid configuration:
+          train.lr (--lr): Input should be a valid number, unable to parse string as a number (got 'abc')
+    """  # noqa: E501
+    flag_of = {field: flag for flag, field in (flag_table or {}).items()}
     lines = ["invalid configuration:"]
     for item in error.errors():
-        field = ".".join(str(p) for p in item["loc"])
-        flag = _FIELD_TO_FLAG.get(field)
+        field, msg, got = _describe(item)
+        flag = flag_of.get(field)
         where = f"{field} ({flag})" if flag else field
-        msg = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        got = "" if item["type"] == "extra_forbidden" else f" (got {item.get('input')!r})"
-        lines.append(f"  {where}: {msg}{got}")
+        lines.append(f"  {where}: {msg}" + ("" if got is None else f" (got {got!r})"))
     return "\n".join(lines)
+
+
+def _describe(item: Any) -> tuple[str, str, Any]:
+    """(dotted field, message, offending value or None) for one pydantic error."""
+    loc = [str(p) for p in item["loc"]]
+    problem = item.get("ctx", {}).get("error")
+    if isinstance(problem, FieldProblem):
+        return ".".join([*loc, problem.field]), problem.message, None
+    field = ".".join(loc)
+    if item["type"] == "extra_forbidden":
+        return field, "unknown key", None
+    if item["type"] == "missing":
+        return field, "required", None
+    if item["type"] == "too_short" and item["ctx"].get("min_length") == 1:
+        return field, "required: give at least one", None
+    if item["type"] == "value_error":  # a validator's own words; a model's input is a tree
+        value = item.get("input")
+        return field, str(problem), None if isinstance(value, dict) else value
+    return field, item["msg"], item.get("input")
 
 
 def dump_config(cfg: BaseModel) -> str:

@@ -1,0 +1,95 @@
+"""``chattune generate``: replies from one model or two side by side (the demo's before/after).
+
+Both models answer through a chat engine with the same bot profile, exactly as
+``chattune chat`` and ``chattune serve`` would answer.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from chattune.cli.command import Command
+from chattune.cli.common import (
+    BOT_FLAGS,
+    GENERATION_FLAGS,
+    BotSection,
+    GenerationOverrides,
+    engine_for,
+    load_bot,
+    model_field,
+)
+from chattune.config import FieldProblem, Section
+from chattune.data.types import Message
+
+DEFAULT_PROMPT = "Hello! Who are you?"
+
+
+class GenerateConfig(Section):
+    """``chattune generate``: which models answer which prompts, as which bot."""
+
+    model: str = model_field()
+    compare: str | None = Field(None, description="a second model to answer the same prompts")
+    prompts: list[str] = Field(default_factory=list, description="a user message (repeatable)")
+    data: str | None = Field(
+        None, description="answer the first user turn of conversations in this file"
+    )
+    n: int = Field(3, ge=1, description="how many conversations from --data")
+    bot: BotSection = Field(default_factory=BotSection)
+    generation: GenerationOverrides = Field(default_factory=GenerationOverrides)  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GenerateConfig:
+        if self.prompts and self.data:
+            raise FieldProblem("data", "give prompts (--prompt) or --data, not both")
+        return self
+
+
+def prompts(cfg: GenerateConfig) -> list[tuple[list[Message], str | None]]:
+    """(history ending in a user turn, reference reply or None) pairs to answer."""
+    from chattune.data.readers import read_conversations
+
+    if cfg.data:
+        out = []
+        for conv in read_conversations(cfg.data)[: cfg.n]:
+            first = next(i for i, m in enumerate(conv.messages) if m.role == "user")
+            out.append((conv.messages[: first + 1], conv.messages[first + 1].content))
+        return out
+    return [([Message("user", p)], None) for p in cfg.prompts or [DEFAULT_PROMPT]]
+
+
+def cmd_generate(cfg: GenerateConfig) -> int:
+    """Answer prompts (or the questions of a data file) with one model, or two side by side."""
+    from chattune.model.loading import quiet_transformers, resolve
+
+    quiet_transformers()
+    profile = load_bot(cfg.bot, cfg.generation)
+    questions = prompts(cfg)  # data errors before a slow load
+    specs = [cfg.model, *([cfg.compare] if cfg.compare else [])]
+    for spec in specs:
+        resolve(spec)  # a bad second model fails now, not after the first has loaded
+    engines = {spec: engine_for(spec, profile) for spec in specs}
+    for history, reference in questions:
+        lines = [f"user: {history[-1].content}"]
+        if reference is not None:
+            lines.append(f"  reference: {reference}")
+        for spec, engine in engines.items():
+            lines.append(f"  [{spec}]: {engine.generate([history], engine.options())[0].text}")
+        print("\n".join(lines) + "\n", flush=True)
+    return 0
+
+
+GENERATE = Command(
+    "generate",
+    GenerateConfig,
+    {
+        "--model": "model",
+        "--compare": "compare",
+        "--prompt": "prompts",
+        "--data": "data",
+        "--n": "n",
+        **BOT_FLAGS,
+        **GENERATION_FLAGS,
+    },
+    cmd_generate,
+)
+COMMANDS = [GENERATE]

@@ -1,0 +1,147 @@
+"""``chattune serve``: the OpenAI-compatible API, conversations, feedback and the web page.
+
+Its limits are :class:`chattune.serve.protocol.ServeOptions` itself (the ``limits``
+section), so the flags, the YAML and the server check the same fields.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import signal
+import sys
+
+from pydantic import Field, model_validator
+
+from chattune.cli.command import Command
+from chattune.cli.common import (
+    BOT_FLAGS,
+    GENERATION_FLAGS,
+    BotSection,
+    GenerationOverrides,
+    engine_for,
+    knowledge,
+    load_bot,
+    model_field,
+)
+from chattune.config import FieldProblem, Section
+from chattune.serve.protocol import ServeOptions
+
+log = logging.getLogger("chattune")
+
+
+def _key_from_environment() -> str:
+    return os.environ.get("CHATTUNE_API_KEY", "")
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, ``127.0.0.1``, ``::1``, ...: names only this machine reaches."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class HttpSection(Section):
+    """Where the server listens and who may use it."""
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: str = Field(
+        default_factory=_key_from_environment,
+        description="accepted key(s), comma-separated (default: $CHATTUNE_API_KEY)",
+    )
+    insecure_no_auth: bool = Field(
+        False,
+        description="allow a non-loopback --host without --api-key "
+        "(anyone who reaches it can use it)",
+    )
+    graceful_timeout: int = Field(
+        30, ge=0, description="seconds in-flight replies get to finish on shutdown"
+    )
+
+    @property
+    def keys(self) -> list[str]:
+        return [k.strip() for k in self.api_key.split(",") if k.strip()]
+
+    @model_validator(mode="after")
+    def _no_open_public_server(self) -> HttpSection:
+        if not self.keys and not self.insecure_no_auth and not is_loopback(self.host):
+            raise FieldProblem(
+                "host",
+                f"{self.host} without --api-key would let anyone who can reach this machine "
+                "chat, read and delete conversations; pass --api-key KEY (or set "
+                "CHATTUNE_API_KEY), or --insecure-no-auth if that is really what you want",
+            )
+        return self
+
+
+class ServeConfig(Section):
+    """``chattune serve``: the model and bot, the store, the network side and the limits."""
+
+    model: str = model_field()
+    kb: str | None = Field(None, description="answer from this knowledge base, with sources")
+    db: str = Field(
+        "chattune.db", description="sqlite path, sqlite:///path or postgresql://... URL"
+    )
+    bot: BotSection = Field(default_factory=BotSection)
+    generation: GenerationOverrides = Field(default_factory=GenerationOverrides)  # type: ignore[valid-type]
+    http: HttpSection = Field(default_factory=HttpSection)
+    limits: ServeOptions = Field(default_factory=ServeOptions)
+
+
+def cmd_serve(cfg: ServeConfig) -> int:
+    """Serve the model: OpenAI-compatible API (with SSE streaming), conversations, feedback
+    and a web chat page at /."""
+    import uvicorn
+
+    from chattune.model.loading import quiet_transformers
+    from chattune.serve.app import build_app
+    from chattune.serve.store import Store
+
+    quiet_transformers()
+    profile = load_bot(cfg.bot, cfg.generation)
+    kb = knowledge(cfg.kb, profile)
+    store = Store(cfg.db)  # before the model: a wrong --db fails in a second
+    engine = engine_for(cfg.model, profile, kb)
+    http = cfg.http
+    app = build_app(engine, store, cfg.model, http.keys, insecure_no_auth=http.insecure_no_auth,
+                    **cfg.limits.model_dump())  # fmt: skip
+    if not http.keys:
+        log.warning("serving without --api-key: anyone who can reach %s can use it", http.host)
+    print(f"chattune: http://{http.host}:{http.port}/ (model {cfg.model})", flush=True)
+    # uvicorn stops accepting on SIGTERM/SIGINT and lets in-flight replies finish (bounded),
+    # then re-raises the signal to the handler it found: ours, which makes that a clean exit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    uvicorn.run(
+        app,
+        host=http.host,
+        port=http.port,
+        log_level="warning",
+        timeout_graceful_shutdown=http.graceful_timeout,
+    )
+    return 0
+
+
+SERVE = Command(
+    "serve",
+    ServeConfig,
+    {
+        "--model": "model",
+        "--kb": "kb",
+        "--db": "db",
+        **BOT_FLAGS,
+        **GENERATION_FLAGS,
+        "--host": "http.host",
+        "--port": "http.port",
+        "--api-key": "http.api_key",
+        "--insecure-no-auth": "http.insecure_no_auth",
+        "--graceful-timeout": "http.graceful_timeout",
+        **{"--" + name.replace("_", "-"): f"limits.{name}" for name in ServeOptions.model_fields},
+    },
+    cmd_serve,
+)
+COMMANDS = [SERVE]
