@@ -20,7 +20,7 @@ from chattune.cli import COMMANDS, build_parser, main, parse
 from chattune.cli.command import field_info
 from chattune.cli.common import GenerationOverrides, load_bot
 from chattune.errors import ConfigError
-from tests.conftest import run_cli, train_args
+from tests.conftest import ROOT, run_cli, train_args
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 SRC = Path(__file__).resolve().parents[1] / "src" / "chattune"
@@ -96,7 +96,7 @@ def test_help_is_instant_and_imports_no_torch() -> None:
     ("argv", "expected"),
     [
         (
-            ["train", "--config", "configs/lora.yaml", "train.lr=1e-4"],
+            ["train", "--config", str(ROOT / "configs/lora.yaml"), "train.lr=1e-4"],
             "data.train (--data): required",
         ),
         (["eval", "--model", "runs/x"], "data (--data): required"),
@@ -156,12 +156,13 @@ def test_positionals_and_overrides_mix_in_any_order() -> None:
 
 
 def test_generation_flags_override_only_what_they_name() -> None:
-    _, cfg = parse(["eval", "--data", "x.jsonl", "--profile", "examples/support/bot.yaml",
+    profile_path = str(ROOT / "examples/support/bot.yaml")
+    _, cfg = parse(["eval", "--data", "x.jsonl", "--profile", profile_path,
                     "--temperature", "0.2", "--system", "Be terse."])  # fmt: skip
     assert cfg.generation.given() == {"temperature": 0.2}
     from chattune.chat.profile import load_profile
 
-    profile = load_profile("examples/support/bot.yaml")
+    profile = load_profile(ROOT / "examples/support/bot.yaml")
     bot = load_bot(cfg.bot, cfg.generation)
     assert bot.generation == profile.generation.model_copy(update={"temperature": 0.2})
     assert bot.system_prompt == "Be terse." and bot.persona == profile.persona
