@@ -63,23 +63,39 @@ def test_stop_string_split_across_pieces_is_never_shown(tokenizer) -> None:
 
 
 def test_transformers_backend_cancel_stops_generation_at_the_next_token(tiny_model_dir) -> None:
+    """The worker is held inside its 3rd forward pass until cancel is set, so the count
+    does not depend on how fast either thread runs."""
+    from chattune.data.render import generation_prompt_ids
     from chattune.model.loading import load_model
 
     model, tokenizer = load_model(str(tiny_model_dir))
-    forwards = []
-    model.register_forward_hook(lambda *_: forwards.append(1))
-    engine = ChatEngine(TransformersBackend(model, tokenizer))
+    forwards: list[int] = []
+    hold, reached, release = [False], threading.Event(), threading.Event()
+
+    def count(*_) -> None:
+        forwards.append(1)
+        if hold[0] and len(forwards) == 3:
+            reached.set()
+            release.wait(30)
+
+    model.register_forward_hook(count)
+    backend = TransformersBackend(model, tokenizer)
+    prompt = generation_prompt_ids(tokenizer, [Message("user", "Hello!")])
     options = GenerationOptions(max_new_tokens=40)
-    history = [Message("user", "Hello!")]
-    list(engine.stream(history, options))
-    assert len(forwards) == 40  # this greedy reply runs to max_new_tokens when not cancelled
+    "".join(backend.stream(prompt, options, [], threading.Event()))
+    assert len(forwards) == 40  # uncancelled, this greedy reply runs to max_new_tokens
     forwards.clear()
-    cancel = threading.Event()
-    stream = engine.stream(history, options, cancel=cancel)
-    next(stream)
+    hold[0] = True
+    cancel, done = threading.Event(), []
+    worker = threading.Thread(
+        target=lambda: done.append("".join(backend.stream(prompt, options, [], cancel)))
+    )
+    worker.start()
+    assert reached.wait(30)
     cancel.set()
-    list(stream)
-    assert len(forwards) <= 3  # stopped at the next token, not 40 steps later
+    release.set()
+    worker.join(30)
+    assert done and len(forwards) == 3  # stopped right after the step it was in
 
 
 def test_repl_commands_and_save(tokenizer, tmp_path) -> None:
