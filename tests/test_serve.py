@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 
@@ -523,3 +524,176 @@ def test_retry_after_is_the_expected_wait() -> None:
     for t in tickets:
         t.release()
     assert slots.admitted == 0 and slots.admit()
+
+
+# ----- found by an attacker's review (each reproduced first) ----------------------------
+
+
+class FloodBackend(FakeBackend):
+    """Streams 64 KiB pieces until cancelled: a reply far larger than any socket buffer."""
+
+    def __init__(self, tokenizer) -> None:
+        super().__init__(tokenizer, [])
+
+    def stream(self, prompt_ids, options, stop, cancel):
+        for _ in range(100_000):
+            if cancel.is_set():
+                return
+            yield "x" * 65536
+
+
+def _raw_request(url: str, body: bytes, headers: str = "") -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer key-alice"
+        f"\r\nContent-Type: application/json\r\n{headers}"
+    )
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+def test_a_client_that_stops_reading_cannot_hold_a_slot_past_the_deadline(tokenizer, tmp_path):
+    app = build_app(ChatEngine(FloodBackend(tokenizer)), Store(str(tmp_path / "r.db")),
+                    "tiny", KEYS, max_queue=0, request_timeout=1)  # fmt: skip
+    slots = app.state.service.slots
+    body = json.dumps(ask(stream=True)).encode()
+    with live_server(app) as url:
+        sock = _raw_request(url, body, f"Content-Length: {len(body)}\r\n\r\n")
+        try:  # it never reads: the server's writes block on a full TCP window
+            assert _until(lambda: slots.admitted == 1, 10)
+            assert _until(lambda: slots.admitted == 0, 20), "the slot outlived the deadline"
+        finally:
+            sock.close()
+
+
+def test_a_trickled_body_is_408_and_keyless_bodies_are_never_read(tokenizer, tmp_path):
+    app = build_app(ChatEngine(FakeBackend(tokenizer, ["x"])), Store(str(tmp_path / "t.db")),
+                    "tiny", KEYS, body_timeout=1)  # fmt: skip
+    with live_server(app) as url:
+        sock = _raw_request(url, b'{"messages": [', "Content-Length: 100\r\n\r\n")
+        sock.settimeout(15)
+        reply = sock.recv(4096).decode()
+        sock.close()
+        assert reply.startswith("HTTP/1.1 408")
+    client = TestClient(app, "http://127.0.0.1")
+    read = []
+
+    def body():
+        for _ in range(64):
+            read.append(1)
+            yield b"a" * 65536
+
+    r = client.post("/v1/chat/completions", content=body())  # no key, 4 MiB
+    assert r.status_code == 401 and len(read) <= 1  # refused on its headers alone
+
+
+def test_an_absurd_content_length_is_400(client) -> None:
+    r = client.post(
+        "/v1/chat/completions",
+        content=b"{}",
+        headers={**auth("key-alice"), "Content-Length": "9" * 5000},  # int() refuses it
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_header"
+
+
+def test_a_disconnect_frees_the_slot_only_once_the_model_is_idle(tokenizer, tmp_path):
+    """The slot was released while a backend that checks ``cancel`` only between steps was
+    still generating: with one slot, four abandoned streams ran four generations at once."""
+    import httpx
+
+    running, peak, lock = [0], [0], threading.Lock()
+
+    class Prefill(FakeBackend):
+        def stream(self, prompt_ids, options, stop, cancel):
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            try:
+                yield "x"
+                time.sleep(0.5)  # a long step that does not look at cancel
+            finally:
+                with lock:
+                    running[0] -= 1
+
+    app = build_app(ChatEngine(Prefill(tokenizer, [])), Store(str(tmp_path / "p.db")), "tiny",
+                    KEYS, max_queue=8)  # fmt: skip
+    with live_server(app) as url, httpx.Client(base_url=url, headers=auth("key-alice")) as http:
+        for _ in range(4):
+            with http.stream("POST", "/v1/chat/completions", json=ask(stream=True)) as r:
+                next(r.iter_lines())
+    assert _until(lambda: app.state.service.slots.admitted == 0)
+    assert peak[0] == 1
+
+
+def test_queueing_counts_towards_the_deadline(tokenizer, tmp_path) -> None:
+    """A queued request used to get a fresh ``request_timeout`` once it reached a slot."""
+    import httpx
+
+    app = build_app(ChatEngine(GateBackend(tokenizer)), Store(str(tmp_path / "q.db")), "tiny",
+                    KEYS, max_queue=4, request_timeout=2)  # fmt: skip
+    with (
+        live_server(app) as url,
+        httpx.Client(base_url=url, headers=auth("key-alice")) as http,
+        http.stream("POST", "/v1/chat/completions", json=ask(stream=True)) as first,
+    ):
+        lines = first.iter_lines()  # kept: a dropped iterator closes the stream when collected
+        next(lines)  # holds the only slot until its own deadline
+        start = time.monotonic()
+        queued = http.post("/v1/chat/completions", json=ask(), timeout=30)
+        assert queued.status_code == 408
+        assert time.monotonic() - start < 3.5  # 2 s from admission, not 2 s after a slot
+
+
+def test_a_plain_request_that_leaves_the_queue_gives_up_its_place(tokenizer, tmp_path) -> None:
+    import httpx
+
+    backend = GateBackend(tokenizer)
+    app = build_app(ChatEngine(backend), Store(str(tmp_path / "l.db")), "tiny", KEYS,
+                    max_queue=4)  # fmt: skip
+    slots = app.state.service.slots
+    with (
+        live_server(app) as url,
+        httpx.Client(base_url=url, headers=auth("key-alice")) as http,
+        http.stream("POST", "/v1/chat/completions", json=ask(stream=True)) as first,
+    ):
+        lines = first.iter_lines()  # kept: a dropped iterator closes the stream when collected
+        next(lines)
+        assert backend.started.wait(10)
+        with pytest.raises(httpx.ReadTimeout):  # queued behind it, then gone
+            http.post("/v1/chat/completions", json=ask(), timeout=0.5)
+        assert _until(lambda: slots.admitted == 1, 10)  # only the generating one is left
+        backend.release.set()
+    assert backend.calls == 1  # the one that left never reached the model
+
+
+def test_inputs_that_used_to_crash_generation_or_storage(client, make_client, tokenizer):
+    alice = auth("key-alice")
+    for extra in ({"temperature": 1e-40}, {"temperature": 1e-300, "stream": True}):
+        r = client.post("/v1/chat/completions", json=ask(**extra), headers=alice)
+        assert r.status_code == 200, r.text  # below 0.01 a temperature is greedy
+    r = client.post("/v1/chat/completions", json=ask(repetition_penalty=1e-300), headers=alice)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "repetition_penalty"
+    r = client.post("/v1/conversations", json={"title": "a\u0000b"}, headers=alice)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "title"  # PostgreSQL: 500
+    assert client.get("/v1/conversations/a%00b", headers=alice).status_code in (400, 404)
+    assert client.post("/v1/conversations", json={"title": "  "}, headers=alice).status_code == 400
+    strict = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    strict.chat_template = "{{ raise_exception('roles must alternate user/assistant') }}"
+    r = make_client(FakeBackend(strict, ["x"])).post(
+        "/v1/chat/completions", json=ask(), headers=alice
+    )
+    assert r.status_code == 400 and "alternate" in r.json()["error"]["message"]
+
+
+def test_an_empty_reply_does_not_break_the_conversation(make_client, tokenizer) -> None:
+    client = make_client(FakeBackend(tokenizer, ["   "]))
+    alice = auth("key-alice")
+    conv = client.post("/v1/conversations", json={}, headers=alice).json()["id"]
+    first = client.post("/v1/chat/completions", json=ask(conversation_id=conv), headers=alice)
+    assert first.json()["choices"][0]["message"]["content"] == ""
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""},
+               {"role": "user", "content": "Hello?"}]  # fmt: skip
+    r = client.post("/v1/chat/completions", json={"messages": history}, headers=alice)
+    assert r.status_code == 200  # the page resends the history as it was

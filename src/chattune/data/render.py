@@ -80,6 +80,9 @@ def tokenize(tokenizer: Any, text: str) -> list[int]:
 
 
 def _encode(tokenizer: Any, messages: list[Message], mask: MaskPolicy, where: str) -> Encoded:
+    # Training data comes back from users too (feedback corrections): content is neutralised
+    # exactly as when serving, so no example can train the model on a forged turn.
+    messages = [Message(m.role, neutralise_control_tokens(tokenizer, m.content)) for m in messages]
     ids = tokenize(tokenizer, render(tokenizer, messages))
     if mask is MaskPolicy.ALL:
         return Encoded(ids, list(ids))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,18 +41,41 @@ class ApiError(Exception):
 
 
 class Ticket:
-    """One admitted request's place: released exactly once, whatever happens to it."""
+    """One admitted request's place: released exactly once, whatever happens to it.
 
-    def __init__(self, slots: Slots) -> None:
+    It carries the request's deadline (``request_timeout`` from admission, queueing
+    included) and its ``cancel`` event: releasing the place also stops the request's
+    generation at the next token, however the response ended.
+    """
+
+    def __init__(self, slots: Slots, timeout: float) -> None:
         self.slots, self.holding, self.released = slots, False, False
         self.since = 0.0
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.cancel = threading.Event()
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def timed_out(self) -> ApiError:
+        return ApiError(
+            408,
+            f"no reply within the server's {self.timeout:g} s request timeout",
+            code="request_timeout",
+            type_="timeout_error",
+        )
 
     async def acquire(self) -> None:
-        """Wait (FIFO) for a generation slot."""
-        await self.slots.semaphore.acquire()
+        """Wait (FIFO) for a generation slot, until the request's deadline (408)."""
+        try:
+            await asyncio.wait_for(self.slots.semaphore.acquire(), self.remaining())
+        except TimeoutError:
+            raise self.timed_out() from None
         self.holding, self.since = True, time.monotonic()
 
     def release(self) -> None:
+        self.cancel.set()
         if self.released:
             return
         self.released = True
@@ -84,8 +108,9 @@ class Slots:
         waves = (self.admitted - self.size + 1) / self.size
         return max(1, min(60, math.ceil(waves * self.hold_seconds)))
 
-    def admit(self) -> Ticket:
-        """A place in the server, or 429 now: no await, so no other request can interleave."""
+    def admit(self, timeout: float = 300.0) -> Ticket:
+        """A place in the server, or 429 now: no await, so no other request can interleave.
+        ``timeout``: seconds the request may take from now, queueing included."""
         if self.admitted >= self.limit:
             raise ApiError(
                 429,
@@ -95,7 +120,7 @@ class Slots:
                 headers={"Retry-After": str(self.retry_after())},
             )
         self.admitted += 1
-        return Ticket(self)
+        return Ticket(self, timeout)
 
     @asynccontextmanager
     async def hold(self) -> AsyncIterator[None]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import mimetypes
-import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,10 +24,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chattune.chat.engine import ChatEngine
 from chattune.serve.admission import ApiError
-from chattune.serve.guards import BodyLimit, GuardedStreamingResponse, LoopbackHostOnly, NoSniff
+from chattune.serve.guards import (
+    INVALID_KEY,
+    BodyLimit,
+    GuardedStreamingResponse,
+    LoopbackHostOnly,
+    NoSniff,
+    RequireKey,
+    accepted_key,
+)
 from chattune.serve.protocol import (
     ChatCompletionRequest,
     Feedback,
+    Id,
     NewConversation,
     ServeOptions,
     error_body,
@@ -86,9 +94,11 @@ def build_app(
         app.add_exception_handler(handler.handles, handler)  # type: ignore[attr-defined]
     app.include_router(router)
     # Added last = outermost: these run before routing, authentication and parsing.
-    if not app.state.keys and not insecure:
+    if app.state.keys:
+        app.add_middleware(RequireKey, keys=app.state.keys)
+    elif not insecure:
         app.add_middleware(LoopbackHostOnly)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, read_timeout=settings.body_timeout)
     app.add_middleware(NoSniff)
     return app
 
@@ -150,18 +160,12 @@ def owner(request: Request) -> str:
     keys: list[bytes] = request.app.state.keys
     if not keys:
         return owner_of(None)
-    header = request.headers.get("authorization", "")
-    # Header values arrive as latin-1 text; compare the original bytes, so a non-ASCII
-    # token is just a wrong key (compare_digest refuses non-ASCII str).
-    given = header[7:].strip().encode("latin-1") if header.startswith("Bearer ") else b""
-    if not any(secrets.compare_digest(given, k) for k in keys):
-        raise ApiError(
-            401,
-            "missing or invalid API key: send 'Authorization: Bearer KEY'",
-            code="invalid_api_key",
-            type_="authentication_error",
-        )
-    return owner_of(given.decode())
+    # Header values arrive as latin-1 text: encoding back gives the bytes on the wire.
+    given = accepted_key(request.headers.get("authorization", "").encode("latin-1"), keys)
+    if given is None:
+        raise ApiError(401, INVALID_KEY["error"]["message"], code="invalid_api_key",
+                       type_="authentication_error")  # fmt: skip
+    return owner_of(given.decode("utf-8", "replace"))
 
 
 def _service(request: Request) -> ChatService:
@@ -221,7 +225,7 @@ def list_conversations(who: Owner, store: Db) -> Any:
 
 
 @router.get("/v1/conversations/{conversation_id}")
-def get_conversation(conversation_id: str, who: Owner, store: Db) -> Any:
+def get_conversation(conversation_id: Id, who: Owner, store: Db) -> Any:
     found = store.get_conversation(who, conversation_id)
     if found is None:
         raise ApiError(404, f"conversation {conversation_id!r} not found", code="not_found")
@@ -229,7 +233,7 @@ def get_conversation(conversation_id: str, who: Owner, store: Db) -> Any:
 
 
 @router.delete("/v1/conversations/{conversation_id}")
-def delete_conversation(conversation_id: str, who: Owner, store: Db) -> dict[str, Any]:
+def delete_conversation(conversation_id: Id, who: Owner, store: Db) -> dict[str, Any]:
     """Delete one of the caller's conversations, its messages and their feedback."""
     if not store.delete_conversation(who, conversation_id):
         raise ApiError(404, f"conversation {conversation_id!r} not found", code="not_found")
@@ -238,8 +242,8 @@ def delete_conversation(conversation_id: str, who: Owner, store: Db) -> dict[str
 
 @router.post("/v1/conversations/{conversation_id}/messages/{message_id}/feedback", status_code=201)
 def feedback(
-    conversation_id: str,
-    message_id: str,
+    conversation_id: Id,
+    message_id: Id,
     body: Feedback,
     who: Owner,
     store: Db,

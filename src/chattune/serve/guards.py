@@ -11,8 +11,11 @@ that always gives its slot back.
 
 from __future__ import annotations
 
+import secrets
+import time
 from typing import Any
 
+import anyio
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -46,35 +49,92 @@ class NoSniff:
 
 
 class BodyLimit:
-    """413 for a body over ``limit`` bytes: by its ``Content-Length`` before reading a byte,
-    or, for a chunked body, as soon as the bytes read pass the limit."""
+    """Bound what reading a request body can cost, before authentication or parsing.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    - 413 for a body over ``limit`` bytes: by its ``Content-Length`` before reading a byte,
+      or, for a chunked body, as soon as the bytes read pass the limit;
+    - 400 for a ``Content-Length`` that is no number (or has more than 19 digits);
+    - 408 when the body has not arrived within ``read_timeout`` seconds (a client that
+      trickles its body would otherwise hold a connection and its buffer for ever).
+
+    A chunked body sent one byte per chunk still costs the HTTP parser (h11) CPU before any
+    of this sees it (uvicorn hands the app the chunks already joined): ``RequireKey`` makes
+    that cost a header check for callers without a key; SECURITY.md asks for a reverse proxy.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, read_timeout: float = 30.0) -> None:
+        self.app, self.limit, self.read_timeout = app, limit, read_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and not declared.isdigit():
+        if declared is not None and not (declared.isdigit() and len(declared) <= 19):
             error = error_body("Content-Length must be a number of bytes", code="invalid_header")
             return await _send_error(send, 400, error)
         if declared is not None and int(declared) > self.limit:
-            return await _send_error(send, 413, self._error())
+            return await _send_error(send, 413, self._error(f"larger than {self.limit} bytes"))
         seen = 0
+        deadline = time.monotonic() + self.read_timeout
+        body_done = False
 
         async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            if body_done:  # after the body: only the disconnect, whenever it comes
+                return await receive()
+            try:
+                with anyio.fail_after(max(0.0, deadline - time.monotonic())):
+                    message = await receive()
+            except TimeoutError:
+                raise HTTPException(
+                    408, f"request body not received within {self.read_timeout:g} s"
+                ) from None
             seen += len(message.get("body", b""))
-            if seen > self.limit:  # FastAPI turns its own HTTPException into our handler's 413
-                raise HTTPException(413, self._error()["error"]["message"])
+            body_done = not message.get("more_body", False)
+            # FastAPI turns its own HTTPException into our handler's OpenAI-shaped error
+            if seen > self.limit:
+                raise HTTPException(
+                    413, self._error(f"larger than {self.limit} bytes")["error"]["message"]
+                )
             return message
 
         await self.app(scope, limited, send)
 
-    def _error(self) -> dict[str, Any]:
-        return error_body(f"request body larger than {self.limit} bytes", code="request_too_large")
+    def _error(self, why: str) -> dict[str, Any]:
+        return error_body(f"request body {why}", code="request_too_large")
+
+
+class RequireKey:
+    """With API keys, refuse an ``/v1/`` request without an accepted key *before* its body is
+    read: an attacker without a key costs a header check, not a 1 MiB body and a JSON parse.
+    (The route's ``owner`` dependency checks again and derives the owner.)"""
+
+    def __init__(self, app: ASGIApp, keys: list[bytes]) -> None:
+        self.app, self.keys = app, keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            header = dict(scope["headers"]).get(b"authorization", b"")
+            if accepted_key(header, self.keys) is None:
+                return await _send_error(send, 401, INVALID_KEY)
+        await self.app(scope, receive, send)
+
+
+INVALID_KEY = error_body(
+    "missing or invalid API key: send 'Authorization: Bearer KEY'",
+    "authentication_error",
+    code="invalid_api_key",
+)
+
+
+def accepted_key(header: bytes, keys: list[bytes]) -> bytes | None:
+    """The key in an ``Authorization: Bearer KEY`` header if it is one of ``keys``.
+
+    Compared in constant time on bytes: header values are bytes on the wire, and a
+    non-ASCII token is just a wrong key (``compare_digest`` refuses non-ASCII ``str``).
+    """
+    given = header[7:].strip() if header.startswith(b"Bearer ") else b""
+    return given if any(secrets.compare_digest(given, k) for k in keys) and given else None
 
 
 class LoopbackHostOnly:
@@ -102,9 +162,14 @@ class LoopbackHostOnly:
 
 
 class GuardedStreamingResponse(StreamingResponse):
-    """Releases the request's slot when the response ends, however it ends: Starlette
-    does not run an event generator's ``finally`` if the client left before the first
-    event, and a leaked slot would shrink the server for good."""
+    """Releases the request's slot when the response ends, however it ends, and ends it at
+    the request's deadline.
+
+    Starlette does not run an event generator's ``finally`` if the client left before the
+    first event, and a leaked slot would shrink the server for good. And a client that
+    stops reading (a full TCP window) blocks ``send`` for ever, holding its slot past any
+    timeout checked between pieces: so the whole response runs under the deadline.
+    """
 
     def __init__(self, content: Any, ticket: Ticket, **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
@@ -112,6 +177,7 @@ class GuardedStreamingResponse(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            with anyio.move_on_after(self.ticket.remaining() + 5.0):  # + the final events
+                await super().__call__(scope, receive, send)
         finally:
             self.ticket.release()

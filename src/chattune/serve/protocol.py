@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -33,14 +34,19 @@ MAX_STOP = 4  # OpenAI's limit
 MAX_STOP_CHARS = 64  # a longer stop string makes transformers build a huge lookup table
 MAX_CORRECTION_CHARS = 8_000
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes
+#: Below this a temperature is greedy decoding: dividing logits by 1e-40 overflows them.
+MIN_TEMPERATURE = 0.01
 
 
 def valid_unicode(value: str) -> str:
-    """Reject lone surrogates (JSON allows ``"\\ud800"``; UTF-8 cannot encode it)."""
+    """Reject lone surrogates (JSON allows ``"\\ud800"``; UTF-8 cannot encode it) and NUL
+    (PostgreSQL cannot store it in text: it would be a 500 at write time)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
         raise ValueError(f"invalid Unicode at character {e.start} (a lone surrogate)") from None
+    if "\x00" in value:
+        raise ValueError(f"NUL character at position {value.index(chr(0))}")
     return value
 
 
@@ -57,7 +63,10 @@ class ServeOptions(BaseModel):
     max_queue: int = Field(8, ge=0, le=10_000, description="admitted requests waiting for a slot")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
     max_tokens_limit: int = Field(1024, ge=1, description="server ceiling on max_tokens")
-    request_timeout: float = Field(300.0, gt=0, description="seconds one request may take")
+    request_timeout: float = Field(
+        300.0, gt=0, description="seconds one request may take, queueing included"
+    )
+    body_timeout: float = Field(30.0, gt=0, description="seconds a client may take to send a body")
     docs: bool = Field(False, description="serve /docs, /redoc and /openapi.json")
 
 
@@ -69,8 +78,10 @@ class ChatMessage(BaseModel):
 
     @field_validator("content")
     @classmethod
-    def _text(cls, value: str | list[dict[str, Any]]) -> str:
-        """Accept OpenAI's list-of-parts form for text; reject empty or oversized content."""
+    def _text(cls, value: str | list[dict[str, Any]], info: ValidationInfo) -> str:
+        """Accept OpenAI's list-of-parts form for text; reject oversized content, and empty
+        content from the user or system (an assistant turn may be empty: a model can
+        reply with nothing, and a client resends the history as it was)."""
         if isinstance(value, list):
             if any(p.get("type") != "text" or not isinstance(p.get("text"), str) for p in value):
                 raise ValueError("only text content parts ({'type': 'text', 'text': ...})")
@@ -78,7 +89,7 @@ class ChatMessage(BaseModel):
         valid_unicode(value)
         if len(value) > MAX_MESSAGE_CHARS:
             raise ValueError(f"at most {MAX_MESSAGE_CHARS} characters per message")
-        if not value.strip():
+        if not value.strip() and info.data.get("role") != "assistant":
             raise ValueError("content must not be empty")
         return value
 
@@ -91,7 +102,8 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0, le=1000)
-    repetition_penalty: float | None = Field(None, gt=0, le=10)
+    # Tinier positive values overflow the logits (inf / nan) in the sampler.
+    repetition_penalty: float | None = Field(None, ge=0.01, le=10)
     max_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
     max_completion_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
     stop: str | list[str] | None = None
@@ -190,6 +202,14 @@ def error_body(
 class NewConversation(BaseModel):
     model_config = ConfigDict(extra="forbid")
     title: Annotated[Text, StringConstraints(max_length=200)] = "New chat"
+
+    @field_validator("title")
+    @classmethod
+    def _visible(cls, value: str) -> str:
+        """A title the conversation list can show: not blank."""
+        if not value.strip():
+            raise ValueError("title must not be blank")
+        return value.strip()
 
 
 class Feedback(BaseModel):

@@ -17,6 +17,7 @@ A request's life, cheapest check first, so a flood is turned away before it cost
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -24,12 +25,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+
 from chattune.chat.engine import ChatEngine, PromptTooLong
 from chattune.data.types import Message
 from chattune.knowledge.grounding import Grounding
 from chattune.model.generation import GenerationOptions
 from chattune.serve.admission import ApiError, Slots, Ticket
 from chattune.serve.protocol import (
+    MIN_TEMPERATURE,
     ChatCompletionRequest,
     ServeOptions,
     chunk,
@@ -101,17 +105,18 @@ class ChatService:
         Blocking (retrieval embeds the question): the routes run it in a worker thread.
         """
         system = "\n".join(m.content for m in req.messages if m.role == "system") or None
+        sampled = req.temperature is not None and req.temperature >= MIN_TEMPERATURE
         history = [Message(m.role, m.content) for m in req.messages if m.role != "system"]
         options = self.engine.options(
             max_new_tokens=max_tokens or req.max_completion_tokens or req.max_tokens,
-            temperature=req.temperature or None,  # OpenAI's 0 means greedy, set below
+            temperature=req.temperature if sampled else None,
             top_p=req.top_p,
             top_k=req.top_k,
             repetition_penalty=req.repetition_penalty,
             seed=req.seed,
         )
         if req.temperature is not None:  # OpenAI: temperature 0 means greedy
-            options = options.model_copy(update={"do_sample": req.temperature > 0})
+            options = options.model_copy(update={"do_sample": sampled})
         context = self.engine.backend.context_window
         if options.max_new_tokens >= context:
             raise ApiError(
@@ -121,8 +126,12 @@ class ChatService:
                 param="max_tokens",
             )
         grounding = self.engine.ground(history)
+        from jinja2 import TemplateError
+
         try:
             ids, _ = self.engine.build_prompt(history, options, system, grounding)
+        except TemplateError as e:  # the model's chat template refuses this conversation
+            raise ApiError(400, f"the model's chat template: {e}", param="messages") from None
         except PromptTooLong as e:
             if e.prompt_tokens < context:
                 raise ApiError(
@@ -136,10 +145,11 @@ class ChatService:
 
     # ----- 4. generate ------------------------------------------------------------------
 
-    async def _pieces(self, p: PreparedRequest, cancel: threading.Event) -> AsyncIterator[str]:
+    async def _pieces(self, p: PreparedRequest, ticket: Ticket) -> AsyncIterator[str]:
         """The engine's reply pieces, pumped from a worker thread, within the deadline."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+        cancel = ticket.cancel
 
         def work() -> None:
             try:
@@ -152,29 +162,24 @@ class ChatService:
                 loop.call_soon_threadsafe(queue.put_nowait, e)
 
         worker = loop.run_in_executor(None, work)
-        deadline = loop.time() + self.settings.request_timeout
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(queue.get(), max(0.0, deadline - loop.time()))
+                    item = await asyncio.wait_for(queue.get(), ticket.remaining())
                 except TimeoutError:
-                    raise ApiError(
-                        408,
-                        f"no reply within the server's {self.settings.request_timeout:g} s "
-                        "request timeout",
-                        code="request_timeout",
-                        type_="timeout_error",
-                    ) from None
+                    raise ticket.timed_out() from None
                 if item is None:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                yield item.replace("\x00", "")  # a model's NUL cannot be stored (PostgreSQL)
         finally:
             cancel.set()  # done, failed, timed out or abandoned: stop at the next token
-            # The slot is freed only once the model is idle again, but a backend that
-            # ignores cancel must not hold it for ever.
-            await asyncio.wait({worker}, timeout=30)
+            # The slot is freed only once the model is idle again (shielded: a client that
+            # left cancels this task, and more generations than slots would then run), but
+            # a backend that ignores cancel must not hold it for ever.
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait({worker}, timeout=30)
 
     async def complete(
         self,
@@ -182,22 +187,20 @@ class ChatService:
         owner: str,
         disconnected: Callable[[], Awaitable[bool]] | None = None,
     ) -> dict[str, Any]:
-        """A whole reply. A client that goes away mid-generation cancels it (nothing stored)."""
-        ticket = self.slots.admit()
-        cancel, watcher = threading.Event(), None
+        """A whole reply. A client that goes away, queued or generating, gives up its place
+        and cancels its generation (nothing stored)."""
+        ticket = self.slots.admit(self.settings.request_timeout)
+        watcher = asyncio.create_task(_watch(disconnected, ticket.cancel)) if disconnected else None
         try:
             p = await self._prepare(req, owner)
-            await ticket.acquire()
-            watcher = asyncio.create_task(_watch(disconnected, cancel)) if disconnected else None
-            try:
-                text = "".join([piece async for piece in self._pieces(p, cancel)]).strip()
-            finally:
-                if watcher:
-                    watcher.cancel()
+            await _acquire_unless_gone(ticket, watcher)
+            text = "".join([piece async for piece in self._pieces(p, ticket)]).strip()
         finally:
             ticket.release()
+            if watcher:
+                watcher.cancel()
         if watcher and watcher.done() and not watcher.cancelled() and watcher.result():
-            raise ApiError(499, "the client closed the request", code="client_closed_request")
+            raise _client_gone()
         finish, usage = self._finish(p, text)
         extra = await asyncio.to_thread(self._store_exchange, owner, req.conversation_id, p, text)
         return completion(self.model_name, text, finish, usage, {**extra, **p.sources(text)})
@@ -207,13 +210,13 @@ class ChatService:
     ) -> tuple[AsyncIterator[str], Ticket]:
         """Server-sent events (role chunk, content chunks, final chunk, ``[DONE]``) and the
         request's ticket, which the caller must release when the response ends, also if the
-        events are never iterated (see ``app.GuardedStreamingResponse``).
+        events are never iterated (see ``guards.GuardedStreamingResponse``).
 
         Everything that can fail with a status fails here, before the first byte. A failure
         after it becomes an OpenAI-style ``error`` event that ends the stream. With a
         knowledge base the role chunk and the final chunk carry ``sources``.
         """
-        ticket = self.slots.admit()
+        ticket = self.slots.admit(self.settings.request_timeout)
         try:
             p = await self._prepare(req, owner)
         except BaseException:
@@ -231,7 +234,7 @@ class ChatService:
             # chunk repeats them with ``cited`` set from the finished reply.
             yield _sse(chunk(cid, name, {"role": "assistant", "content": ""}, None, p.sources()))
             pieces: list[str] = []
-            async for piece in self._pieces(p, threading.Event()):
+            async for piece in self._pieces(p, ticket):
                 pieces.append(piece)
                 yield _sse(chunk(cid, name, {"content": piece}))
             text = "".join(pieces).strip()
@@ -276,6 +279,24 @@ class ChatService:
         if message_id is None:  # deleted while the reply was generated
             raise ApiError(404, f"conversation {conversation_id!r} not found", code="not_found")
         return {"conversation_id": conversation_id, "message_id": message_id}
+
+
+async def _acquire_unless_gone(ticket: Ticket, watcher: asyncio.Task[bool] | None) -> None:
+    """Wait for a slot, unless the client leaves first (then 499: its place is given up)."""
+    if watcher is None:
+        return await ticket.acquire()
+    acquire = asyncio.ensure_future(ticket.acquire())
+    done, _ = await asyncio.wait({acquire, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    if acquire not in done:
+        acquire.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await acquire
+        raise _client_gone()
+    acquire.result()  # a 408 if the deadline passed while queued
+
+
+def _client_gone() -> ApiError:
+    return ApiError(499, "the client closed the request", code="client_closed_request")
 
 
 async def _watch(disconnected: Callable[[], Awaitable[bool]], cancel: threading.Event) -> bool:

@@ -200,6 +200,7 @@
       if (!r.ok) { const b = await r.json().catch(() => ({})); throw new Error(b.error ? b.error.message : r.statusText); }
       let reply = "", messageId = null;
       await readEvents(r, (event) => {
+        if (event.error) throw new Error(event.error.message);  // the server ended the stream
         const delta = event.choices[0].delta;
         if (delta.content) { reply += delta.content; body.textContent = reply; }
         if (event.message_id) messageId = event.message_id;
