@@ -31,9 +31,11 @@ class KbAddConfig(KbConfig):
         description="minilm (default), hashing, or a sentence-transformers folder; "
         "fixed when the knowledge base is created",
     )
-    chunk_words: int | None = Field(None, ge=1, description="at most this many words a chunk (160)")
+    chunk_words: int | None = Field(
+        None, ge=1, description="at most this many words a chunk (knowledge.chunking.MAX_WORDS)"
+    )
     overlap_words: int | None = Field(
-        None, ge=0, description="words shared by adjacent chunks (32)"
+        None, ge=0, description="words shared by adjacent chunks (knowledge.chunking.OVERLAP_WORDS)"
     )
 
 

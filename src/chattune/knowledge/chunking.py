@@ -40,7 +40,14 @@ class Chunk:
         return f"{self.title}\n{self.text}" if self.title else self.text
 
 
-def chunk_blocks(blocks: list[Block], max_words: int = 160, overlap_words: int = 32) -> list[Chunk]:
+#: The one home of the chunk defaults (the knowledge base records them when it is created).
+MAX_WORDS = 160
+OVERLAP_WORDS = 32
+
+
+def chunk_blocks(
+    blocks: list[Block], max_words: int = MAX_WORDS, overlap_words: int = OVERLAP_WORDS
+) -> list[Chunk]:
     """Chunks of ``blocks`` in document order (see the module docstring)."""
     if not 0 <= overlap_words < max_words:
         raise ValueError(f"overlap_words ({overlap_words}) must be below max_words ({max_words})")

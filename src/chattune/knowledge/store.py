@@ -26,7 +26,7 @@ import numpy as np
 
 from chattune.errors import DataError
 from chattune.knowledge import index
-from chattune.knowledge.chunking import Chunk, chunk_blocks
+from chattune.knowledge.chunking import MAX_WORDS, OVERLAP_WORDS, Chunk, chunk_blocks
 from chattune.knowledge.documents import FORMATS, Unreadable, read_file
 from chattune.knowledge.embed import DEFAULT_EMBEDDER, Embedder, load_embedder
 from chattune.knowledge.files import AddReport, display_name, files_to_add
@@ -100,7 +100,11 @@ class KnowledgeBase:
         if max_words is not None and not 0 <= (overlap_words or 0) < max_words:
             raise KnowledgeError(f"--overlap-words must be below --chunk-words ({max_words})")
         given = {"embedder": embedder, "max_words": max_words, "overlap_words": overlap_words}
-        defaults = {"embedder": DEFAULT_EMBEDDER, "max_words": 160, "overlap_words": 32}
+        defaults = {
+            "embedder": DEFAULT_EMBEDDER,
+            "max_words": MAX_WORDS,
+            "overlap_words": OVERLAP_WORDS,
+        }
         with self.db:
             for key, value in {**defaults, "generation": 0}.items():
                 value = given.get(key) if given.get(key) is not None else value
