@@ -6,7 +6,6 @@ section), so the flags, the YAML and the server check the same fields.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import signal
@@ -26,23 +25,13 @@ from chattune.cli.common import (
     model_field,
 )
 from chattune.config import FieldProblem, Section
-from chattune.serve.protocol import ServeOptions
+from chattune.serve.protocol import ServeOptions, is_loopback
 
 log = logging.getLogger("chattune")
 
 
 def _key_from_environment() -> str:
     return os.environ.get("CHATTUNE_API_KEY", "")
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost``, ``127.0.0.1``, ``::1``, ...: names only this machine reaches."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class HttpSection(Section):

@@ -52,9 +52,9 @@ class SeededSampler:
         # Extreme settings (a near-zero temperature) can overflow a row to inf/nan; such a
         # row is as sharp as it gets, so it takes its argmax instead of crashing multinomial.
         broken = ~torch.isfinite(probs).all(dim=-1)  # (batch,)
-        probs[broken] = torch.nn.functional.one_hot(
-            torch.nan_to_num(scores[broken].float(), nan=float("-inf")).argmax(-1), probs.shape[-1]
-        ).float()
+        if broken.any():  # rare: no extra work on the per-token path otherwise
+            best = torch.nan_to_num(scores[broken].float(), nan=float("-inf")).argmax(-1)
+            probs[broken] = torch.nn.functional.one_hot(best, probs.shape[-1]).float()
         chosen = torch.multinomial(probs, 1, generator=self.generator)  # (batch, 1)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, chosen, 0.0)

@@ -21,9 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chattune.serve.admission import Ticket
-from chattune.serve.protocol import error_body
-
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+from chattune.serve.protocol import error_body, is_loopback
 
 
 async def _send_error(send: Send, status: int, body: dict[str, Any]) -> None:
@@ -147,7 +145,7 @@ class LoopbackHostOnly:
         if scope["type"] == "http":
             host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
             name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:].split("]")[0]
-            if name not in LOOPBACK_HOSTS:
+            if not is_loopback(name):
                 return await _send_error(
                     send,
                     400,

@@ -10,6 +10,7 @@ has a limit (4 stop strings) and otherwise generous for a chat and cheap to chec
 
 from __future__ import annotations
 
+import ipaddress
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -36,6 +37,22 @@ MAX_CORRECTION_CHARS = 8_000
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes
 #: Below this a temperature is greedy decoding: dividing logits by 1e-40 overflows them.
 MIN_TEMPERATURE = 0.01
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, ``127.0.0.1``, ``::1``, ``[::1]``, ``127.0.0.2``...: names
+    only this machine reaches. Used for ``--host`` and for an open server's ``Host`` check.
+
+    Example:
+        >>> is_loopback("127.0.0.2"), is_loopback("127.0.0.1.evil.test")
+        (True, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def valid_unicode(value: str) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 import anyio
 
-from chattune.chat.engine import ChatEngine, PromptTooLong
+from chattune.chat.engine import ChatEngine, PromptTooLong, split_system
 from chattune.data.types import Message
 from chattune.knowledge.grounding import Grounding
 from chattune.model.generation import GenerationOptions
@@ -99,24 +99,23 @@ class ChatService:
         await asyncio.to_thread(self._check_conversation, owner, req.conversation_id)
         return await asyncio.to_thread(self.prepare, req, max_tokens)
 
-    def prepare(self, req: ChatCompletionRequest, max_tokens: int | None = None) -> PreparedRequest:
+    def prepare(self, req: ChatCompletionRequest, max_tokens: int) -> PreparedRequest:
         """Turn a request into a prompt, or raise the 400 that names the bad field.
 
         Blocking (retrieval embeds the question): the routes run it in a worker thread.
         """
-        system = "\n".join(m.content for m in req.messages if m.role == "system") or None
+        system, history = split_system([Message(m.role, m.content) for m in req.messages])
         sampled = req.temperature is not None and req.temperature >= MIN_TEMPERATURE
-        history = [Message(m.role, m.content) for m in req.messages if m.role != "system"]
         options = self.engine.options(
-            max_new_tokens=max_tokens or req.max_completion_tokens or req.max_tokens,
+            max_new_tokens=max_tokens,
             temperature=req.temperature if sampled else None,
+            # OpenAI: temperature 0 means greedy (and under MIN_TEMPERATURE is as good as 0)
+            do_sample=sampled if req.temperature is not None else None,
             top_p=req.top_p,
             top_k=req.top_k,
             repetition_penalty=req.repetition_penalty,
             seed=req.seed,
         )
-        if req.temperature is not None:  # OpenAI: temperature 0 means greedy
-            options = options.model_copy(update={"do_sample": sampled})
         context = self.engine.backend.context_window
         if options.max_new_tokens >= context:
             raise ApiError(
@@ -201,9 +200,8 @@ class ChatService:
                 watcher.cancel()
         if watcher and watcher.done() and not watcher.cancelled() and watcher.result():
             raise _client_gone()
-        finish, usage = self._finish(p, text)
-        extra = await asyncio.to_thread(self._store_exchange, owner, req.conversation_id, p, text)
-        return completion(self.model_name, text, finish, usage, {**extra, **p.sources(text)})
+        finish, usage, extra = await self._conclude(owner, req.conversation_id, p, text)
+        return completion(self.model_name, text, finish, usage, extra)
 
     async def stream(
         self, req: ChatCompletionRequest, owner: str
@@ -238,11 +236,8 @@ class ChatService:
                 pieces.append(piece)
                 yield _sse(chunk(cid, name, {"content": piece}))
             text = "".join(pieces).strip()
-            finish, usage = self._finish(p, text)
-            extra = await asyncio.to_thread(
-                self._store_exchange, owner, req.conversation_id, p, text
-            )
-            yield _sse(chunk(cid, name, {}, finish, {"usage": usage, **extra, **p.sources(text)}))
+            finish, usage, extra = await self._conclude(owner, req.conversation_id, p, text)
+            yield _sse(chunk(cid, name, {}, finish, {"usage": usage, **extra}))
             yield "data: [DONE]\n\n"
         except ApiError as e:
             yield _sse(e.body())
@@ -252,7 +247,31 @@ class ChatService:
         finally:
             ticket.release()
 
-    # ----- 5. store ---------------------------------------------------------------------
+    # ----- 5. conclude: count, store ------------------------------------------------------
+
+    async def _conclude(
+        self, owner: str, conversation_id: str | None, p: PreparedRequest, text: str
+    ) -> tuple[str, dict[str, int], dict[str, Any]]:
+        """(finish reason, usage, the response's extra fields) for a finished reply, stored
+        first when it belongs to a conversation: both messages in one transaction, so a crash
+        never stores a question without its reply."""
+        finish, usage = self._finish(p, text)
+        sources = p.sources(text)
+        extra: dict[str, Any] = {}
+        if conversation_id:
+            meta = {"finish_reason": finish, **sources}
+            message_id = await asyncio.to_thread(
+                self.store.append_exchange,
+                owner,
+                conversation_id,
+                p.history[-1].content,
+                text,
+                meta,
+            )
+            if message_id is None:  # deleted while the reply was generated
+                raise ApiError(404, f"conversation {conversation_id!r} not found", code="not_found")
+            extra = {"conversation_id": conversation_id, "message_id": message_id}
+        return finish, usage, {**extra, **sources}
 
     def _finish(self, p: PreparedRequest, text: str) -> tuple[str, dict[str, int]]:
         if p.grounding and p.grounding.reply is not None:  # FAQ answer or "don't know"
@@ -265,20 +284,6 @@ class ChatService:
             "total_tokens": len(p.prompt_ids) + n,
         }
         return finish, usage
-
-    def _store_exchange(
-        self, owner: str, conversation_id: str | None, p: PreparedRequest, text: str
-    ) -> dict[str, Any]:
-        """Both messages in one transaction: a crash never stores a question without reply."""
-        if not conversation_id:
-            return {}
-        meta = {"finish_reason": self._finish(p, text)[0], **p.sources(text)}
-        message_id = self.store.append_exchange(
-            owner, conversation_id, p.history[-1].content, text, meta
-        )
-        if message_id is None:  # deleted while the reply was generated
-            raise ApiError(404, f"conversation {conversation_id!r} not found", code="not_found")
-        return {"conversation_id": conversation_id, "message_id": message_id}
 
 
 async def _acquire_unless_gone(ticket: Ticket, watcher: asyncio.Task[bool] | None) -> None:
