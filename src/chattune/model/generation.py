@@ -42,19 +42,23 @@ class SeededSampler:
     the only finite score, so greedy picks it: the same sampling, with the caller's RNG.
     """
 
-    def __init__(self, generator: Any) -> None:
-        self.generator = generator
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.generator: Any = None  # made on the first call, on the logits' device
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
+        if self.generator is None:  # a CUDA multinomial refuses a CPU generator
+            self.generator = torch.Generator(scores.device).manual_seed(self.seed)
         probs = torch.softmax(scores.float(), dim=-1)  # (batch, vocab)
         # Extreme settings (a near-zero temperature) can overflow a row to inf/nan; such a
         # row is as sharp as it gets, so it takes its argmax instead of crashing multinomial.
-        broken = ~torch.isfinite(probs).all(dim=-1)  # (batch,)
-        if broken.any():  # rare: no extra work on the per-token path otherwise
-            best = torch.nan_to_num(scores[broken].float(), nan=float("-inf")).argmax(-1)
-            probs[broken] = torch.nn.functional.one_hot(best, probs.shape[-1]).float()
+        # torch.where, not a Python branch: no device-to-host sync on every token.
+        finite = torch.isfinite(probs).all(dim=-1, keepdim=True)  # (batch, 1)
+        best = torch.nan_to_num(scores.float(), nan=float("-inf")).argmax(-1)  # (batch,)
+        sharp = torch.nn.functional.one_hot(best, probs.shape[-1]).to(probs.dtype)
+        probs = torch.where(finite, probs, sharp)
         chosen = torch.multinomial(probs, 1, generator=self.generator)  # (batch, 1)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, chosen, 0.0)
@@ -69,7 +73,6 @@ def decoding_kwargs(options: GenerationOptions) -> dict[str, Any]:
     """
     if not options.do_sample:
         return {"do_sample": False}
-    import torch
     from transformers import (
         LogitsProcessorList,
         TemperatureLogitsWarper,
@@ -77,7 +80,6 @@ def decoding_kwargs(options: GenerationOptions) -> dict[str, Any]:
         TopPLogitsWarper,
     )
 
-    generator = torch.Generator().manual_seed(options.seed)
     warpers: list[Any] = [TemperatureLogitsWarper(options.temperature)]
     if options.top_k > 0:
         warpers.append(TopKLogitsWarper(options.top_k))
@@ -85,5 +87,5 @@ def decoding_kwargs(options: GenerationOptions) -> dict[str, Any]:
         warpers.append(TopPLogitsWarper(options.top_p))
     return {
         "do_sample": False,
-        "logits_processor": LogitsProcessorList([*warpers, SeededSampler(generator)]),
+        "logits_processor": LogitsProcessorList([*warpers, SeededSampler(options.seed)]),
     }
