@@ -20,7 +20,7 @@ from typing import Any
 
 from chattune.backends.base import Backend
 from chattune.chat.profile import BotProfile
-from chattune.data.render import generation_prompt_ids, keep_newest, neutralise_control_tokens
+from chattune.data.render import generation_prompt_ids, keep_newest, neutralise_messages
 from chattune.data.types import Message
 from chattune.errors import ChattuneError
 from chattune.knowledge.grounding import Grounding, Knowledge
@@ -95,8 +95,8 @@ class ChatEngine:
             text = f"{sys_msg.content}\n\n{grounding.context}" if sys_msg else grounding.context
             sys_msg = Message("system", text)
         head = ([sys_msg] if sys_msg else []) + self.profile.example_messages()
-        head = [self._safe(m) for m in head]
-        turns = [self._safe(m) for m in history]
+        head = neutralise_messages(self.tokenizer, head)
+        turns = neutralise_messages(self.tokenizer, history)
         budget = self.backend.context_window - options.max_new_tokens
 
         def build(kept: list[Message]) -> tuple[float, list[int]]:
@@ -117,9 +117,6 @@ class ChatEngine:
             len(ids),
             budget,
         )
-
-    def _safe(self, message: Message) -> Message:
-        return Message(message.role, neutralise_control_tokens(self.tokenizer, message.content))
 
     def stream(
         self,

@@ -80,9 +80,6 @@ def tokenize(tokenizer: Any, text: str) -> list[int]:
 
 
 def _encode(tokenizer: Any, messages: list[Message], mask: MaskPolicy, where: str) -> Encoded:
-    # Training data comes back from users too (feedback corrections): content is neutralised
-    # exactly as when serving, so no example can train the model on a forged turn.
-    messages = [Message(m.role, neutralise_control_tokens(tokenizer, m.content)) for m in messages]
     ids = tokenize(tokenizer, render(tokenizer, messages))
     if mask is MaskPolicy.ALL:
         return Encoded(ids, list(ids))
@@ -120,7 +117,9 @@ def encode_conversation(
         enc = encode_conversation(conv, tok, max_len=512)
         assert len(enc.input_ids) == len(enc.labels) <= 512
     """
-    messages = list(conversation.messages)
+    # Training data comes back from users too (feedback corrections): content is neutralised
+    # exactly as when serving, so no example can train the model on a forged turn.
+    messages = neutralise_messages(tokenizer, conversation.messages)
     while messages and messages[-1].role == "user" and mask is not MaskPolicy.ALL:
         messages.pop()
     if not messages:
@@ -235,6 +234,12 @@ def _control_pattern(tokenizer: Any) -> re.Pattern[str] | None:
     with contextlib.suppress(TypeError):  # a tokenizer that can't be weakly referenced
         _CONTROL_PATTERNS[tokenizer] = pattern
     return pattern
+
+
+def neutralise_messages(tokenizer: Any, messages: list[Message]) -> list[Message]:
+    """Every message's content through :func:`neutralise_control_tokens` (training and the
+    chat engine both build prompts from these)."""
+    return [Message(m.role, neutralise_control_tokens(tokenizer, m.content)) for m in messages]
 
 
 def neutralise_control_tokens(tokenizer: Any, text: str) -> str:
