@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from chattune.data.jsonl import read_jsonl
+
 #: One JSON object per line: ``{"step": 3, "epoch": 0.75, "loss": 2.1, "lr": 0.0002, ...}``
 #: for training steps, ``{"step": 4, "eval_loss": 2.3, "eval_ppl": 9.9, ...}`` for evaluations.
 METRICS_FILE = "metrics.jsonl"
@@ -26,10 +28,7 @@ META_FILE = "chattune.json"
 
 def read_metrics(output: str | Path) -> list[dict[str, Any]]:
     """Every record of ``output``'s ``metrics.jsonl``, in order; ``[]`` if it has none."""
-    path = Path(output) / METRICS_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for _, record in read_jsonl(Path(output) / METRICS_FILE, missing_ok=True)]
 
 
 def read_meta(output: str | Path) -> dict[str, Any] | None:

@@ -11,7 +11,6 @@ same records.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from chattune.chat.engine import ChatEngine
+from chattune.data.jsonl import append_jsonl, read_jsonl
 from chattune.evaluate.examples import TurnExample
 from chattune.model.generation import GenerationOptions
 
@@ -39,10 +39,7 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
 
 
 def read_ratings(path: str | Path) -> list[dict[str, Any]]:
-    p = Path(path)
-    if not p.exists():
-        return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return [record for _, record in read_jsonl(path, missing_ok=True)]
 
 
 def summarize_ratings(path: str | Path) -> list[dict[str, Any]]:
@@ -97,26 +94,20 @@ def run_rate(
     todo = [e for e in examples if e.id not in done]
     show(f"{len(done)} rated already, {len(todo)} to go. Keys: 1, 2, t(ie), s(kip), q(uit).")
     rated = 0
-    with Path(out).open("a") as f:
-        for ex in todo:
-            replies = {
-                n: e.generate([list(ex.history)], options)[0].text for n, e in engines.items()
-            }
-            shown = names[:]
-            random.Random(f"{seed}:{ex.id}").shuffle(shown)
-            show("\n".join(f"{m.role}: {m.content}" for m in ex.history[-6:]))
-            show(f"\n[1] {replies[shown[0]]}\n\n[2] {replies[shown[1]]}\n")
-            answer = _ask_choice(ask)
-            if answer == "q":
-                break
-            if answer == "s":
-                continue
-            winner = "tie" if answer == "t" else shown[int(answer) - 1]
-            f.write(
-                json.dumps({"id": ex.id, "models": names, "shown": shown, "winner": winner}) + "\n"
-            )
-            f.flush()
-            rated += 1
+    for ex in todo:
+        replies = {n: e.generate([list(ex.history)], options)[0].text for n, e in engines.items()}
+        shown = names[:]
+        random.Random(f"{seed}:{ex.id}").shuffle(shown)
+        show("\n".join(f"{m.role}: {m.content}" for m in ex.history[-6:]))
+        show(f"\n[1] {replies[shown[0]]}\n\n[2] {replies[shown[1]]}\n")
+        answer = _ask_choice(ask)
+        if answer == "q":
+            break
+        if answer == "s":
+            continue
+        winner = "tie" if answer == "t" else shown[int(answer) - 1]
+        append_jsonl(out, {"id": ex.id, "models": names, "shown": shown, "winner": winner})
+        rated += 1
     return rated
 
 

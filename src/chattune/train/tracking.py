@@ -5,10 +5,10 @@ This is the writer; :func:`chattune.runs.read_metrics` reads the file back.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from chattune.data.jsonl import append_jsonl, read_jsonl, write_jsonl
 from chattune.runs import METRICS_FILE
 
 
@@ -34,12 +34,10 @@ class MetricsLogger:
         if resume_step is None:
             self.path.write_text("")
         elif self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
-            self.path.write_text("".join(f"{line}\n" for line in kept))
+            # A kill -9 can leave a torn last line: it is dropped with what came after the
+            # checkpoint, and the file is replaced atomically (a kill now loses nothing).
+            records = read_jsonl(self.path, problems=[])
+            write_jsonl(self.path, [r for _, r in records if r.get("step", 0) <= resume_step])
         from torch.utils.tensorboard import SummaryWriter
 
         purge = None if resume_step is None else resume_step + 1
@@ -48,8 +46,7 @@ class MetricsLogger:
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(self.path, record)
         step = record["step"]
         for key, value in record.items():
             if key not in ("step", "epoch") and isinstance(value, int | float):
