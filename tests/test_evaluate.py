@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from chattune.chat.profile import BotProfile
 from chattune.cli import main
 from chattune.config import build_config
 from chattune.data.types import Conversation, Message
@@ -146,7 +147,7 @@ def compared(overfit, tiny_model_dir) -> dict:
         data=[str(data)],
         compare=str(tiny_model_dir),
         bootstrap=200,
-        generation={"max_new_tokens": 24},
+        profile=BotProfile(generation=GenerationOptions(max_new_tokens=24)),
         progress=False,
     )
     return evaluate_models(settings)

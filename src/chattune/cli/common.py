@@ -89,8 +89,9 @@ def load_bot(bot: BotSection, generation: Overrides | None = None) -> BotProfile
     update: dict[str, Any] = {}
     if bot.system is not None:
         update["system_prompt"] = bot.system
-    if generation is not None and generation.given():
-        update["generation"] = profile.generation.model_copy(update=generation.given())
+    if generation is not None and (given := generation.given()):
+        merged = {**profile.generation.model_dump(), **given}
+        update["generation"] = type(profile.generation).model_validate(merged)
     return profile.model_copy(update=update) if update else profile
 
 

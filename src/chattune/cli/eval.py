@@ -82,8 +82,7 @@ def cmd_eval(cfg: EvalConfig) -> int:
         max_len=cfg.max_len,
         batch_size=cfg.batch_size,
         bootstrap=cfg.bootstrap,
-        profile=load_bot(cfg.bot),
-        generation=cfg.generation.given(),
+        profile=load_bot(cfg.bot, cfg.generation),
     )
     result = evaluate_models(settings)
     print(format_table(result))
@@ -104,12 +103,10 @@ def cmd_rate(cfg: RateConfig) -> int:
 
     quiet_transformers()
     examples = load_examples(cfg.data, cfg.max_examples)
-    profile = load_bot(cfg.bot)
+    profile = load_bot(cfg.bot, cfg.generation)
     engines = {spec: engine_for(spec, profile) for spec in cfg.models}
-    overrides = cfg.generation.given()
-    options = next(iter(engines.values())).options(**overrides)
-    seed = overrides.get("seed", 0)
-    run_rate(examples, engines, cfg.out, options, ask=input, show=print, seed=seed)
+    options = profile.generation  # the profile's, with the flags given over it
+    run_rate(examples, engines, cfg.out, options, ask=input, show=print, seed=options.seed)
     print(format_summary(summarize_ratings(cfg.out)))
     return 0
 

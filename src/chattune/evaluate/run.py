@@ -39,10 +39,9 @@ class EvalSettings:
     max_len: int = 1024
     batch_size: int = 8
     bootstrap: int = 1000
-    #: who the bot is (system prompt, stop strings, generation defaults); as when serving
+    #: who the bot is (system prompt, stop strings, how replies are generated), as when
+    #: serving; generation flags are already applied to ``profile.generation``
     profile: BotProfile = field(default_factory=BotProfile)
-    #: generation settings over the profile's (``max_new_tokens=96``, ...)
-    generation: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
 
 
@@ -70,7 +69,7 @@ def evaluate_model(spec: str, examples: list[TurnExample], settings: EvalSetting
     replies = generate_replies(
         engine,
         examples,
-        engine.options(**settings.generation),
+        settings.profile.generation,
         settings.batch_size,
         settings.progress,
         desc=f"generate {spec}",
@@ -98,9 +97,7 @@ def evaluate_models(settings: EvalSettings) -> dict[str, Any]:
         "data": settings.data,
         "n_examples": len(examples),
         "profile": settings.profile.name,
-        "generation": settings.profile.generation.model_copy(
-            update=settings.generation
-        ).model_dump(),
+        "generation": settings.profile.generation.model_dump(),
         "metrics": main.metrics,
         "per_example": [r.public() for r in main.records],
         "examples": [[m.as_dict() for m in e.history] for e in examples],
