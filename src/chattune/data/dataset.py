@@ -55,6 +55,27 @@ def require_trainable(examples: list[Encoded], report: EncodeReport, where: str,
         )
 
 
+def read_splits(
+    train: list[str],
+    val: list[str],
+    fmt: str = "auto",
+    objective: str = "chat",
+    val_split: float = 0.0,
+    seed: int = 0,
+) -> tuple[list[Any], list[Any]]:
+    """(training items, validation items): the ``val`` files, or a seeded ``val_split`` share
+    of ``train``, the same on every run and every resume. Training and evaluation during
+    training both read through here, so replies are never scored on trained conversations.
+    """
+    from chattune.data.readers import read_many
+
+    items = read_many(train, fmt, objective)
+    val_items = read_many(val, fmt, objective) if val else []
+    if val_split:
+        items, val_items = split_validation(items, val_split, seed)
+    return items, val_items
+
+
 def split_validation(items: list[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
     """Hold out a random ``fraction`` (at least one item) for validation."""
     if not 0 < fraction < 1:

@@ -60,14 +60,14 @@ def validation_conversations(cfg: RunConfig) -> list[Conversation]:
     The split is the one training makes (same function, same seed), so replies are never
     scored on conversations the model trained on.
     """
-    from chattune.data.dataset import split_validation
+    from chattune.data.dataset import read_splits
     from chattune.data.readers import read_many
 
     d = cfg.data
-    if d.val:
+    if d.val:  # no need to read the training files
         return read_many(d.val, d.format, d.objective)
     if d.val_split:
-        return split_validation(read_many(d.train, d.format), d.val_split, cfg.train.seed)[1]
+        return read_splits(d.train, [], d.format, d.objective, d.val_split, cfg.train.seed)[1]
     return []
 
 

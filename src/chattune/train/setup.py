@@ -24,10 +24,9 @@ from chattune.data.batching import EncodeReport
 from chattune.data.dataset import (
     encode_conversations,
     encode_documents,
+    read_splits,
     require_trainable,
-    split_validation,
 )
-from chattune.data.readers import read_many
 from chattune.data.render import Encoded
 from chattune.errors import ConfigError
 from chattune.model.adapters import Prepared, prepare
@@ -92,11 +91,7 @@ def read_items(cfg: RunConfig) -> tuple[list[Any], list[Any]]:
     d = cfg.data
     if not d.train:
         raise ConfigError("data.train (--data): give at least one training file")
-    items = read_many(d.train, d.format, d.objective)
-    val_items = read_many(d.val, d.format, d.objective) if d.val else []
-    if d.val_split:
-        items, val_items = split_validation(items, d.val_split, cfg.train.seed)
-    return items, val_items
+    return read_splits(d.train, d.val, d.format, d.objective, d.val_split, cfg.train.seed)
 
 
 def encode(cfg: RunConfig, items: list[Any], tokenizer: Any) -> tuple[list[Encoded], EncodeReport]:
