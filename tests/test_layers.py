@@ -22,7 +22,7 @@ BELOW: dict[str, set[str]] = {
     "runs": {"data"},
     "data": {"errors"},
     "config": {"data"},
-    "model": {"config", "data"},
+    "model": {"config", "data", "runs"},
     "backends": {"model"},
     "train": {"model", "runs"},
     "knowledge": {"model"},

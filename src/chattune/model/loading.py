@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from chattune.errors import ModelError
+from chattune.runs import read_meta
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +188,9 @@ def load_model(spec: str, attn_implementation: str = "sdpa") -> tuple[Any, Any]:
     from peft import PeftModel
 
     base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    meta = path / "chattune.json"
-    if meta.exists():
-        base = json.loads(meta.read_text())["base"]
+    meta = read_meta(path)
+    if meta is not None:
+        base = meta["base"]
     if not base:
         raise ModelError(f"{path}: adapter does not name its base model")
     model, tokenizer = load_base(base, attn_implementation)

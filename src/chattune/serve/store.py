@@ -118,7 +118,7 @@ class Store:
             row = self._locked(s, owner, conversation_id)
             if row is None:
                 return None
-            return self._add_message(s, row, role, content, meta)
+            return self._add_messages(s, row, [(role, content, meta)])[0]
 
     def append_exchange(
         self,
@@ -140,8 +140,10 @@ class Store:
             row = self._locked(s, owner, conversation_id)
             if row is None:
                 return None
-            self._add_message(s, row, "user", user_text, None)
-            return self._add_message(s, row, "assistant", reply_text, meta)
+            ids = self._add_messages(
+                s, row, [("user", user_text, None), ("assistant", reply_text, meta)]
+            )
+            return ids[-1]
 
     def delete_conversation(self, owner: str, conversation_id: str) -> bool:
         """Delete the owner's conversation for good, with its messages and their feedback
@@ -243,30 +245,34 @@ class Store:
         )
 
     @staticmethod
-    def _add_message(
-        s: Session, row: ConversationRow, role: str, content: str, meta: dict[str, Any] | None
-    ) -> str:
-        """Write one message at the next ``seq`` of ``row`` (locked by ``_locked``)."""
+    def _add_messages(
+        s: Session, row: ConversationRow, messages: list[tuple[str, str, dict[str, Any] | None]]
+    ) -> list[str]:
+        """Write ``(role, content, meta)`` messages at the next ``seq`` numbers of ``row``
+        (locked by ``_locked``); their ids."""
         seq = s.scalar(
             select(func.coalesce(func.max(MessageRow.seq) + 1, 0)).where(
                 MessageRow.conversation_id == row.id
             )
-        )  # the query flushes earlier messages of this transaction first, so they count
-        message = MessageRow(
-            id=f"msg-{uuid.uuid4().hex[:20]}",
-            conversation_id=row.id,
-            seq=seq,
-            role=role,
-            content=content,
-            created_at=now(),
-            meta=json.dumps(meta or {}),
         )
-        s.add(message)
+        ids = []
+        for offset, (role, content, meta) in enumerate(messages):
+            message = MessageRow(
+                id=f"msg-{uuid.uuid4().hex[:20]}",
+                conversation_id=row.id,
+                seq=seq + offset,
+                role=role,
+                content=content,
+                created_at=now(),
+                meta=json.dumps(meta or {}),
+            )
+            s.add(message)
+            ids.append(message.id)
+            if role == "user" and row.title == "New chat":
+                first_line = next(iter(content.strip().splitlines()), "")
+                row.title = first_line[:60] or row.title
         row.updated_at = now()
-        if role == "user" and row.title == "New chat":
-            first_line = next(iter(content.strip().splitlines()), "")
-            row.title = first_line[:60] or row.title
-        return message.id
+        return ids
 
     @staticmethod
     def _summary(row: ConversationRow) -> dict[str, Any]:
