@@ -16,9 +16,7 @@ from pathlib import Path
 import pytest
 
 from chattune.cli import main, parse
-from tests.conftest import conversation, write_jsonl
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, conversation, write_jsonl
 
 
 def shell_commands(script: str) -> list[list[str]]:
@@ -90,6 +88,11 @@ def test_readme_command_help(argv, capsys) -> None:
         main([*argv, "--help"])
     assert e.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: chattune {argv[0]}")
+
+
+def test_the_makefile_demo_has_commands() -> None:
+    """Without this, a Makefile that lost its commands would skip the test below silently."""
+    assert len(makefile_commands()) >= 5
 
 
 @pytest.mark.parametrize("argv", makefile_commands(), ids=lambda a: " ".join(a)[:60])
