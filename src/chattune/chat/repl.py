@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 from chattune.chat.engine import ChatEngine, PromptTooLong
+from chattune.data.jsonl import append_jsonl
 from chattune.data.types import Message
 
 HELP = (
@@ -86,5 +85,4 @@ def save(history: list[Message], path: str, engine: ChatEngine, system: str | No
     """Append the conversation in the training format (``{"messages": [...]}``)."""
     sys_msg = engine.profile.system_message(system)
     messages = ([sys_msg] if sys_msg else []) + history
-    with Path(path).open("a", encoding="utf-8") as f:
-        f.write(json.dumps({"messages": [m.as_dict() for m in messages]}) + "\n")
+    append_jsonl(path, {"messages": [m.as_dict() for m in messages]})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Literal
 
 from pydantic import Field
@@ -70,13 +69,10 @@ def cmd_data_stats(cfg: DataStatsConfig) -> int:
 def cmd_export_feedback(cfg: ExportFeedbackConfig) -> int:
     """Write thumbs-up replies and corrections from the server's database as training JSONL:
     one {"messages": [...], "owner": HASH} per line (HASH: the API key's hash)."""
+    from chattune.data.jsonl import write_jsonl
     from chattune.serve.store import Store
 
-    count = 0
-    with open(cfg.out, "w", encoding="utf-8") as f:
-        for example in Store(cfg.db).feedback_conversations(owner=cfg.owner):
-            f.write(json.dumps(example) + "\n")
-            count += 1
+    count = write_jsonl(cfg.out, Store(cfg.db).feedback_conversations(owner=cfg.owner))
     print(f"wrote {count} conversations to {cfg.out}")
     return 0
 
