@@ -226,7 +226,7 @@ def test_a_failing_backend_worker_ends_the_stream(tiny_model_dir) -> None:
 
 
 def test_a_silent_backend_times_out_instead_of_hanging(tokenizer) -> None:
-    from chattune.backends.transformers import BackendTimeout
+    from chattune.backends.base import BackendTimeout
 
     release = threading.Event()
 
@@ -248,13 +248,13 @@ def test_a_silent_backend_times_out_instead_of_hanging(tokenizer) -> None:
 
 
 def test_batched_and_streamed_replies_agree_and_stop_on_every_end_id(tiny_model_dir) -> None:
-    from chattune.backends.transformers import end_of_turn_ids
+    from chattune.model.generation import end_of_turn_ids
     from chattune.model.loading import load_model
 
     model, tokenizer = load_model(str(tiny_model_dir))
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, 7]  # as Llama 3 declares
-    ends = end_of_turn_ids(model, tokenizer)
+    ends = end_of_turn_ids(tokenizer, model.generation_config.eos_token_id)
     assert {tokenizer.eos_token_id, 7, im_end} <= set(ends)  # config list + template's end
     engine = ChatEngine(TransformersBackend(model, tokenizer), BotProfile(system_prompt="Hi."))
     histories = [[Message("user", "Hello!")], [Message("user", "Where is my order, please?")]]

@@ -11,7 +11,22 @@ import threading
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from chattune.errors import ChattuneError
 from chattune.model.generation import Generated, GenerationOptions
+
+
+class BackendError(ChattuneError):
+    """A backend refused or failed one request (a bad prompt, an unreachable server, a
+    crashed worker); other requests go on."""
+
+
+class BackendTimeout(BackendError):
+    """The backend produced no token for ``token_timeout`` seconds: generation is abandoned."""
+
+
+class BackendCrashed(BackendError):
+    """The process generating the reply died (native code crashed, the OOM killer); the next
+    request starts a new one."""
 
 
 class Backend(Protocol):

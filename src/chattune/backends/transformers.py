@@ -14,49 +14,15 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from chattune.data.render import render, tokenize
-from chattune.data.types import Message
-from chattune.errors import ChattuneError
-from chattune.model.generation import Generated, GenerationOptions, decoding_kwargs
+from chattune.backends.base import BackendTimeout
+from chattune.model.generation import (
+    Generated,
+    GenerationOptions,
+    decoding_kwargs,
+    end_of_turn_ids,
+)
 
 log = logging.getLogger(__name__)
-
-
-class BackendTimeout(ChattuneError):
-    """The backend produced no token for ``token_timeout`` seconds: generation is abandoned."""
-
-
-def end_of_turn_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Every id that ends a reply: the generation config's EOS list, the tokenizer's EOS,
-    and the token the chat template puts after an assistant turn.
-
-    Using only ``tokenizer.eos_token_id`` would let Llama 3 (``<|eot_id|>``) or Gemma
-    (``<end_of_turn>``) run on past the end of their turn.
-    """
-    ids: list[int] = []
-    config = getattr(model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None)
-    ids += eos if isinstance(eos, list) else [eos] if eos is not None else []
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    ids += _template_end_ids(tokenizer)
-    return list(dict.fromkeys(int(i) for i in ids))
-
-
-def _template_end_ids(tokenizer: Any) -> list[int]:
-    """The first special token the template writes after an assistant reply, if any."""
-    try:
-        user = [Message("user", "hi")]
-        reply = "ok"
-        prompt = tokenize(tokenizer, render(tokenizer, user, add_generation_prompt=True))
-        full = tokenize(tokenizer, render(tokenizer, [*user, Message("assistant", reply)]))
-    except Exception:  # a template that cannot render this probe: rely on EOS alone
-        return []
-    if full[: len(prompt)] != prompt:
-        return []
-    special = set(getattr(tokenizer, "all_special_ids", []))
-    end = next((i for i in full[len(prompt) :] if i in special), None)
-    return [end] if end is not None else []
 
 
 class TransformersBackend:
@@ -73,7 +39,8 @@ class TransformersBackend:
         self.token_timeout = token_timeout
         config = getattr(model, "config", None)
         self.context_window = int(getattr(config, "max_position_embeddings", 2048))
-        self.end_ids = end_of_turn_ids(model, tokenizer)
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        self.end_ids = end_of_turn_ids(tokenizer, eos)
 
     def stream(
         self,
@@ -84,7 +51,17 @@ class TransformersBackend:
     ) -> Iterator[str]:
         from transformers import TextIteratorStreamer
 
-        streamer = TextIteratorStreamer(
+        class Streamer(TextIteratorStreamer):
+            """Drops the end-of-turn token itself: it ends the reply, but is not always a
+            special token that ``skip_special_tokens`` would hide."""
+
+            def put(inner, value: Any) -> None:
+                if not inner.next_tokens_are_prompt and int(value.reshape(-1)[-1]) in ends:
+                    return
+                super().put(value)
+
+        ends = set(self.end_ids)
+        streamer = Streamer(
             self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=self.token_timeout
         )
         errors: list[BaseException] = []
@@ -99,7 +76,11 @@ class TransformersBackend:
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
         try:
-            yield from streamer
+            for piece in streamer:
+                if cancel.is_set():  # nothing more once cancelled, even what was queued
+                    break
+                if piece:
+                    yield piece
         except queue.Empty:
             raise BackendTimeout(
                 f"no token for {self.token_timeout:g} s; generation abandoned"

@@ -89,3 +89,36 @@ def decoding_kwargs(options: GenerationOptions) -> dict[str, Any]:
         "do_sample": False,
         "logits_processor": LogitsProcessorList([*warpers, SeededSampler(options.seed)]),
     }
+
+
+def end_of_turn_ids(tokenizer: Any, eos: int | list[int] | None = None) -> list[int]:
+    """Every id that ends a reply: ``eos`` (a generation config's EOS id or list), the
+    tokenizer's EOS, and the token the chat template puts after an assistant turn.
+
+    Using only ``tokenizer.eos_token_id`` would let Llama 3 (``<|eot_id|>``) or Gemma
+    (``<end_of_turn>``) run on past the end of their turn.
+    """
+    ids: list[int] = eos if isinstance(eos, list) else [eos] if eos is not None else []
+    if tokenizer.eos_token_id is not None:
+        ids = [*ids, tokenizer.eos_token_id]
+    ids = [*ids, *_template_end_ids(tokenizer)]
+    return list(dict.fromkeys(int(i) for i in ids))
+
+
+def _template_end_ids(tokenizer: Any) -> list[int]:
+    """The first special token the template writes after an assistant reply, if any."""
+    from chattune.data.render import render, tokenize
+    from chattune.data.types import Message
+
+    try:
+        user = [Message("user", "hi")]
+        reply = "ok"
+        prompt = tokenize(tokenizer, render(tokenizer, user, add_generation_prompt=True))
+        full = tokenize(tokenizer, render(tokenizer, [*user, Message("assistant", reply)]))
+    except Exception:  # a template that cannot render this probe: rely on EOS alone
+        return []
+    if full[: len(prompt)] != prompt:
+        return []
+    special = set(getattr(tokenizer, "all_special_ids", []))
+    end = next((i for i in full[len(prompt) :] if i in special), None)
+    return [end] if end is not None else []
