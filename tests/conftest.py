@@ -46,13 +46,11 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer, 32-wide random Llama (about 40k parameters) with the tiny tokenizer."""
+def tiny_llama(folder: Path, initializer_range: float = 0.02) -> Path:
+    """Save a 2-layer, 32-wide random Llama (about 40k parameters) with the tiny tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
     config = LlamaConfig(
         vocab_size=384,
         hidden_size=32,
@@ -65,12 +63,92 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=2,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     for f in TOKENIZER_DIR.iterdir():
         shutil.copy(f, folder / f.name)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Llama, initialised as transformers does: training tests start here
+    (it answers every prompt with the same newlines until trained)."""
+    return tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def lively_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny Llama with a wider initialisation, whose greedy reply depends on the
+    prompt (and on an adapter): replies that match are evidence, not a coincidence."""
+    return tiny_llama(tmp_path_factory.mktemp("lively-llama"), initializer_range=0.3)
+
+
+#: What :func:`scripted_model_dir`'s model answers to every chat prompt, greedily: unique
+#: tokens, with "Ç" and "☕" split across byte-level tokens (a stream must not cut them).
+SCRIPT = "Ça va? Café ☕ déjà vu!"
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2's tokenizer, from the embedded model: llama.cpp's converter knows it (its
+    pre-tokenizer is registered), which the tiny test tokenizer is not."""
+    from chattune.model.loading import embedded_gguf, gguf_tokenizer
+
+    folder = tmp_path_factory.mktemp("smollm2-tokenizer")
+    gguf_tokenizer(embedded_gguf("smollm2-135m-instruct")).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def scripted_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer_dir) -> Path:
+    """A 2-layer Llama (SmolLM2's vocabulary) whose greedy reply to any chat prompt is
+    :data:`SCRIPT`, then ``<|im_end|>``, by construction, so every backend must give it.
+
+    Attention and MLP outputs are zero, so each position's hidden state is its token's
+    embedding: token ``t`` is a one-hot direction whose output row is the next token of the
+    script. The margin (12 logits) makes greedy decoding immune to float16 rounding and
+    leaves sampling at temperature 1 free to wander (p(next) ~ 0.77).
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    chain = [tok.convert_tokens_to_ids("Ċ"), *tok(SCRIPT, add_special_tokens=False)["input_ids"]]
+    assert len(set(chain)) == len(chain), "each scripted token must be unique"
+    nxt = [*chain[1:], tok.convert_tokens_to_ids("<|im_end|>")]
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=2048, tie_word_embeddings=False,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2)  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embed, head = model.model.embed_tokens.weight, model.lm_head.weight
+        for slot, (token, following) in enumerate(zip(chain, nxt, strict=True)):
+            embed[token] = 0.0
+            embed[token, slot] = 1.0  # RMSNorm makes this sqrt(256) = 16 at ``slot``
+            head[following, :] = 0.0
+            head[following, slot] = 12 / 16
+    folder = tmp_path_factory.mktemp("scripted-llama")
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def scripted_gguf(tmp_path_factory: pytest.TempPathFactory, scripted_model_dir: Path) -> Path:
+    """:func:`scripted_model_dir` exported by ``chattune export`` as a float32 GGUF file."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by make setup")
+    from chattune.model.export import export_model
+
+    out = tmp_path_factory.mktemp("scripted-gguf") / "scripted.gguf"
+    return export_model(str(scripted_model_dir), "gguf", out, quant="f32")
 
 
 @pytest.fixture(scope="session")

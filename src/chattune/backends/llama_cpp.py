@@ -1,0 +1,285 @@
+"""The llama.cpp backend: GGUF files, KV cache reuse across turns, batched conversations.
+
+The model runs in a worker process (:mod:`chattune.backends.llama_worker`) that decodes
+every active conversation in one batch and keeps each slot's KV cache for the next turn.
+This side speaks JSON lines to it over two pipes: a reader thread hands each step's
+pieces to the request they belong to. If the worker dies (a crash in native code, the OOM
+killer), every request in flight fails with :class:`BackendCrashed` and the next one
+starts a new worker: the server stays up.
+
+Example:
+    >>> backend = LlamaCppBackend(Path("bot.gguf"), tokenizer, slots=8)  # doctest: +SKIP
+    >>> "".join(backend.stream(ids, GenerationOptions(), [], threading.Event()))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chattune.backends.base import BackendCrashed, BackendError, BackendTimeout
+from chattune.errors import ModelError
+from chattune.model.generation import Generated, GenerationOptions, end_of_turn_ids
+
+log = logging.getLogger(__name__)
+
+#: How often a waiting stream looks at its cancel event (seconds).
+POLL = 0.02
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How the worker runs the model: the settings of ``--backend llama.cpp``."""
+
+    slots: int = 4  # conversations decoded together, each with its own KV cache
+    context: int = 4096  # tokens per conversation (capped at the model's training context)
+    threads: int = 0  # 0: every core
+    batch: int = 512  # tokens per llama_decode
+    flash_attn: bool = True
+    start_timeout: float = 120.0
+
+
+class _Worker:
+    """One worker process and the reader thread that routes its events."""
+
+    def __init__(self, gguf: Path, settings: WorkerSettings) -> None:
+        cmd_r, cmd_w = os.pipe()
+        ev_r, ev_w = os.pipe()
+        threads = settings.threads or os.cpu_count() or 1
+        args = [sys.executable, "-m", "chattune.backends.llama_worker", "--model", str(gguf),
+                "--commands-fd", str(cmd_r), "--events-fd", str(ev_w),
+                "--slots", str(settings.slots), "--context", str(settings.context),
+                "--threads", str(threads), "--batch", str(settings.batch),
+                "--flash-attn", str(int(settings.flash_attn))]  # fmt: skip
+        self.process = subprocess.Popen(args, pass_fds=(cmd_r, ev_w), stdin=subprocess.DEVNULL)
+        os.close(cmd_r)
+        os.close(ev_w)
+        self.commands = os.fdopen(cmd_w, "wb")
+        self.events = os.fdopen(ev_r, "rb")
+        self.lock = threading.Lock()  # one writer at a time on the command pipe
+        self.queues: dict[int, queue.Queue[tuple[Any, ...]]] = {}
+        self.alive = True
+        self.gguf, self.start_timeout = gguf, settings.start_timeout
+        self.info: dict[str, Any] | None = None
+        self.max_batch = 0  # the most conversations one decode has batched
+
+    def wait_ready(self) -> dict[str, Any]:
+        """Wait for the model to load (the process starts loading it at once), then route
+        events; a clear error if it cannot load."""
+        if self.info is None:
+            self.info = self._ready_message(self.start_timeout, self.gguf)
+            threading.Thread(target=self._read, daemon=True, name="llama-events").start()
+        return self.info
+
+    def _ready_message(self, timeout: float, gguf: Path) -> dict[str, Any]:
+        box: list[bytes] = []
+        reader = threading.Thread(target=lambda: box.append(self.events.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        line = box[0] if box else b""
+        message = json.loads(line) if line.strip() else {}
+        if message.get("op") != "ready":
+            self.stop()
+            why = message.get("error") or (
+                f"no answer in {timeout:g} s" if reader.is_alive() else self._exit_text()
+            )
+            raise ModelError(f"{gguf}: the llama.cpp worker did not start: {why}")
+        return message
+
+    def _exit_text(self) -> str:
+        code = self.process.wait(timeout=10)
+        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+
+    def _read(self) -> None:
+        """Route every step's pieces and endings; on EOF fail whatever is in flight."""
+        for line in self.events:
+            message = json.loads(line)
+            self.max_batch = max(self.max_batch, message.get("seqs", 0))
+            for rid, text in message["pieces"]:
+                self._put(rid, ("piece", text))
+            for rid, reason, n_tokens, n_prefilled in message["done"]:
+                self._put(rid, ("done", reason, n_tokens, n_prefilled))
+            for rid, error in message["errors"]:
+                self._put(rid, ("error", error))
+        self.alive = False
+        why = self._exit_text()
+        if self.queues:
+            log.error("llama.cpp worker died (%s); %d requests failed", why, len(self.queues))
+        for q in list(self.queues.values()):
+            q.put(("crash", why))
+
+    def _put(self, rid: int, item: tuple[Any, ...]) -> None:
+        q = self.queues.get(rid)
+        if q is not None:
+            q.put(item)
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        with self.lock:
+            try:
+                self.commands.write(data)
+                self.commands.flush()
+            except (BrokenPipeError, ValueError):
+                self.alive = False  # the reader thread reports the crash to every request
+
+    def stop(self) -> None:
+        with self.lock, contextlib.suppress(OSError):
+            self.commands.close()  # the worker exits when its command pipe closes
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_worker(gguf: Path, settings: WorkerSettings) -> _Worker:
+    """Start a worker process loading ``gguf``; returns at once."""
+    return _Worker(Path(gguf), settings)
+
+
+class LlamaCppBackend:
+    """Generate with llama.cpp in a worker process; implements the ``Backend`` protocol.
+
+    Args:
+        gguf: the model file.
+        tokenizer: its Hugging Face tokenizer (the engine renders prompts with its chat
+            template and sends token ids; see ``model.loading.gguf_tokenizer``).
+        settings: slots, context, threads (:class:`WorkerSettings`).
+        token_timeout: seconds a stream waits for its next piece before giving up.
+        worker: one :func:`start_worker` began, so the model loads while the caller
+            loads the tokenizer (a faster cold start).
+    """
+
+    def __init__(
+        self,
+        gguf: Path,
+        tokenizer: Any,
+        settings: WorkerSettings | None = None,
+        token_timeout: float = 120.0,
+        worker: _Worker | None = None,
+    ) -> None:
+        self.gguf, self.tokenizer = Path(gguf), tokenizer
+        self.settings = settings or WorkerSettings()
+        self.token_timeout = token_timeout
+        self._ids = itertools.count(1)
+        self._start_lock = threading.Lock()
+        self._worker = worker or start_worker(self.gguf, self.settings)
+        info = self._worker.wait_ready()
+        self.context_window = int(info["context"])
+        self.slots = int(info["slots"])
+        self.system_info = str(info["system"])
+        self.end_ids = list(dict.fromkeys([*end_of_turn_ids(tokenizer), *info["eog"]]))
+        #: per finished request: (prompt tokens, of which prefilled) -- for tests and benches
+        self.last_prefill: tuple[int, int] = (0, 0)
+
+    @property
+    def worker_pid(self) -> int:
+        return self._worker.process.pid
+
+    def _live_worker(self) -> _Worker:
+        """The worker, started again if it died (a crash fails only the requests then in
+        flight)."""
+        with self._start_lock:
+            if not self._worker.alive:
+                log.warning("starting a new llama.cpp worker")
+                self._worker = start_worker(self.gguf, self.settings)
+                self._worker.wait_ready()
+            return self._worker
+
+    def stream(
+        self,
+        prompt_ids: list[int],
+        options: GenerationOptions,
+        stop: list[str],
+        cancel: threading.Event,
+    ) -> Iterator[str]:
+        for item in self._run(prompt_ids, options, stop, cancel):
+            if item[0] == "piece":
+                yield item[1]
+
+    def generate(
+        self, prompts: list[list[int]], options: GenerationOptions, stop: list[str]
+    ) -> list[Generated]:
+        """Replies for ``prompts``, decoded together in the worker's slots."""
+
+        def whole(prompt: list[int]) -> Generated:
+            pieces, end = [], ("done", "cancelled", 0, 0)
+            for item in self._run(prompt, options, stop, threading.Event()):
+                if item[0] == "piece":
+                    pieces.append(item[1])
+                else:
+                    end = item
+            return Generated("".join(pieces), end[1] == "stop", end[2])
+
+        with ThreadPoolExecutor(max_workers=max(1, min(len(prompts), self.slots))) as pool:
+            return list(pool.map(whole, prompts))
+
+    def _run(
+        self,
+        prompt_ids: list[int],
+        options: GenerationOptions,
+        stop: list[str],
+        cancel: threading.Event,
+    ) -> Iterator[tuple[Any, ...]]:
+        """One request's items from the worker: ``("piece", text)``..., then ``("done",
+        reason, n_tokens, n_prefilled)``. Raises if the worker refuses it, dies, or sends
+        nothing for ``token_timeout`` s. If ``cancel`` is set, or the consumer stops early,
+        the worker is told to drop the request (at its next step)."""
+        worker = self._live_worker()
+        rid = next(self._ids)
+        inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        worker.queues[rid] = inbox
+        worker.send(_request(rid, prompt_ids, options, stop, self.end_ids))
+        finished, waited = False, 0.0
+        try:
+            while not cancel.is_set():
+                try:
+                    item = inbox.get(timeout=POLL)
+                except queue.Empty:
+                    waited += POLL
+                    if waited >= self.token_timeout:
+                        raise BackendTimeout(
+                            f"no token for {self.token_timeout:g} s; generation abandoned"
+                        ) from None
+                    continue
+                waited = 0.0
+                if item[0] == "piece":
+                    yield item
+                    continue
+                finished = True
+                if item[0] == "done":
+                    self.last_prefill = (len(prompt_ids), item[3])
+                    yield item
+                    return
+                if item[0] == "error":
+                    raise BackendError(f"llama.cpp: {item[1]}")
+                raise BackendCrashed(f"the llama.cpp worker died ({item[1]}); retry")
+        finally:
+            worker.queues.pop(rid, None)
+            if not finished:
+                worker.send({"op": "cancel", "id": rid})
+
+    def close(self) -> None:
+        """Stop the worker process (also done when the interpreter exits)."""
+        self._worker.stop()
+
+
+def _request(
+    rid: int, prompt: list[int], options: GenerationOptions, stop: list[str], end_ids: list[int]
+) -> dict[str, Any]:
+    sampling = options.model_dump(include={"do_sample", "temperature", "top_p", "top_k",
+                                           "repetition_penalty", "seed"})  # fmt: skip
+    return {"op": "generate", "id": rid, "prompt": prompt, "max_tokens": options.max_new_tokens,
+            "sampling": sampling, "stop": stop, "end_ids": end_ids}  # fmt: skip
