@@ -31,6 +31,7 @@ REQUIRED = {
     "data stats": ["x.jsonl"],
     "data export-feedback": ["--out", "x.jsonl"],
     "train": ["--data", "x.jsonl"],
+    "export": ["--model", "runs/x", "--output", "x.gguf"],
     "eval": ["--data", "x.jsonl"],
     "rate": ["--data", "x.jsonl", "--models", "a", "b", "--out", "r.jsonl"],
     "kb add": ["doc.md", "--kb", "kb"],
@@ -58,7 +59,7 @@ def test_command_table_is_complete_and_maps_every_flag_to_a_field() -> None:
 def test_every_flag_sets_its_field() -> None:
     """Each named flag, given a value, changes its field in the validated config."""
     values = {int: "9", float: "0.5", str: "x"}
-    special = {"--max-body-bytes": "4096"}  # a field whose bounds exclude 9
+    special = {"--max-body-bytes": "4096", "--output": "y.gguf"}  # fields "9" or "x" fail
     for name, command in COMMANDS.items():
         base = [*name.split(), *REQUIRED.get(name, [])]
         for flag, dotted in command.flags.items():

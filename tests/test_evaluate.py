@@ -168,10 +168,11 @@ def test_json_keys_are_stable(compared, tmp_path) -> None:
     write_json(compared, out, per_example=False)
     data = json.loads(out.read_text())
     assert set(data) == {
-        "model", "data", "n_examples", "profile", "generation", "metrics", "compare"
+        "model", "data", "n_examples", "profile", "generation", "backend", "metrics", "compare"
     }  # fmt: skip
+    assert data["backend"] == "transformers"
     assert set(data["metrics"]) == {*METRIC_KEYS, "n_examples"}
-    assert set(data["compare"]) == {"model", "metrics", "delta"}
+    assert set(data["compare"]) == {"model", "backend", "metrics", "delta"}
     assert set(data["compare"]["delta"]["bleu"]) == {"delta", "ci95"}
     write_json(compared, out, per_example=True)
     record = json.loads(out.read_text())["per_example"][0]

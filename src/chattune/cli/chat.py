@@ -7,12 +7,15 @@ from collections.abc import Iterator
 
 from pydantic import Field
 
+from chattune.backends.registry import BackendSettings
 from chattune.cli.command import Command
 from chattune.cli.common import (
+    BACKEND_FLAGS,
     BOT_FLAGS,
     GENERATION_FLAGS,
     BotSection,
     GenerationOverrides,
+    backend_field,
     engine_for,
     knowledge,
     load_bot,
@@ -29,6 +32,7 @@ class ChatConfig(Section):
     model: str = model_field()
     kb: str | None = Field(None, description=KB_HELP)
     bot: BotSection = Field(default_factory=BotSection)
+    backend: BackendSettings = backend_field()
     generation: GenerationOverrides = Field(default_factory=GenerationOverrides)  # type: ignore[valid-type]
 
 
@@ -54,7 +58,7 @@ def cmd_chat(cfg: ChatConfig) -> int:
 
     quiet_transformers()
     profile = load_bot(cfg.bot, cfg.generation)
-    engine = engine_for(cfg.model, profile, knowledge(cfg.kb, profile))
+    engine = engine_for(cfg.model, profile, knowledge(cfg.kb, profile), cfg.backend)
     interactive = sys.stdin.isatty()
     run_chat(engine, _lines(interactive), _write, interactive)
     return 0
@@ -63,7 +67,7 @@ def cmd_chat(cfg: ChatConfig) -> int:
 CHAT = Command(
     "chat",
     ChatConfig,
-    {"--model": "model", "--kb": "kb", **BOT_FLAGS, **GENERATION_FLAGS},
+    {"--model": "model", "--kb": "kb", **BOT_FLAGS, **BACKEND_FLAGS, **GENERATION_FLAGS},
     cmd_chat,
 )
 COMMANDS = [CHAT]

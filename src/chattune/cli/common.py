@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import Field, create_model
 from pydantic.fields import FieldInfo
 
+from chattune.backends.registry import BackendSettings
 from chattune.config import Section
 from chattune.model.generation import GenerationOptions
 
@@ -76,6 +77,21 @@ GenerationOverrides = create_model(
 )
 
 BOT_FLAGS = {"--profile": "bot.profile", "--system": "bot.system"}
+#: The flags of the ``backend`` section (:class:`BackendSettings`); the rest are
+#: ``backend.KEY=VALUE`` overrides.
+BACKEND_FLAGS = {
+    "--backend": "backend.name",
+    "--backend-url": "backend.url",
+    "--backend-model": "backend.remote_model",
+    "--slots": "backend.slots",
+}
+
+
+def backend_field() -> Any:
+    """The ``backend`` section of a talking command."""
+    return Field(default_factory=BackendSettings)
+
+
 GENERATION_FLAGS = {
     "--" + name.replace("_", "-"): f"generation.{name}" for name in GenerationOptions.model_fields
 }
@@ -107,10 +123,15 @@ def knowledge(folder: str | None, profile: BotProfile) -> Knowledge | None:
     return Knowledge(Retriever(KnowledgeBase(folder)), profile.knowledge)
 
 
-def engine_for(spec: str, profile: BotProfile, kb: Knowledge | None = None) -> Any:
-    """A chat engine on model ``spec`` (loads the model: seconds to minutes)."""
-    from chattune.backends.transformers import TransformersBackend
+def engine_for(
+    spec: str,
+    profile: BotProfile,
+    kb: Knowledge | None = None,
+    backend: BackendSettings | None = None,
+) -> Any:
+    """A chat engine on model ``spec``, generating with ``backend`` (loads the model:
+    seconds to minutes)."""
+    from chattune.backends.registry import open_backend
     from chattune.chat.engine import ChatEngine
-    from chattune.model.loading import load_model
 
-    return ChatEngine(TransformersBackend(*load_model(spec)), profile, kb)
+    return ChatEngine(open_backend(spec, backend), profile, kb)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from chattune.backends.registry import BackendSettings
 from chattune.cli.command import Command
 from chattune.cli.common import (
+    BACKEND_FLAGS,
     BOT_FLAGS,
     GENERATION_FLAGS,
     BotSection,
     GenerationOverrides,
+    backend_field,
     engine_for,
     load_bot,
     model_field,
@@ -40,6 +43,7 @@ class EvalConfig(Section):
     batch_size: int = Field(8, ge=1)
     bootstrap: int = Field(1000, ge=0, description="resamples for the 95% interval")
     bot: BotSection = Field(default_factory=BotSection)
+    backend: BackendSettings = backend_field()
     generation: GenerationOverrides = Field(default_factory=GenerationOverrides)  # type: ignore[valid-type]
     output: EvalOutput = Field(default_factory=EvalOutput)
 
@@ -58,6 +62,7 @@ class RateConfig(Section):
     out: str = Field(min_length=1, description="ratings JSONL (appended; resumable)")
     max_examples: int | None = Field(None, ge=1, description="at most this many assistant turns")
     bot: BotSection = Field(default_factory=BotSection)
+    backend: BackendSettings = backend_field()
     generation: GenerationOverrides = Field(default_factory=GenerationOverrides)  # type: ignore[valid-type]
 
 
@@ -83,6 +88,7 @@ def cmd_eval(cfg: EvalConfig) -> int:
         batch_size=cfg.batch_size,
         bootstrap=cfg.bootstrap,
         profile=load_bot(cfg.bot, cfg.generation),
+        backend=cfg.backend,
     )
     result = evaluate_models(settings)
     print(format_table(result))
@@ -104,7 +110,7 @@ def cmd_rate(cfg: RateConfig) -> int:
     quiet_transformers()
     examples = load_examples(cfg.data, cfg.max_examples)
     profile = load_bot(cfg.bot, cfg.generation)
-    engines = {spec: engine_for(spec, profile) for spec in cfg.models}
+    engines = {spec: engine_for(spec, profile, backend=cfg.backend) for spec in cfg.models}
     options = profile.generation  # the profile's, with the flags given over it
     run_rate(examples, engines, cfg.out, options, ask=input, show=print, seed=options.seed)
     print(format_summary(summarize_ratings(cfg.out)))
@@ -127,6 +133,7 @@ EVAL = Command(
         "--per-example": "output.per_example",
         "--report": "output.report",
         **BOT_FLAGS,
+        **BACKEND_FLAGS,
         **GENERATION_FLAGS,
     },
     cmd_eval,
@@ -140,6 +147,7 @@ RATE = Command(
         "--out": "out",
         "--max-examples": "max_examples",
         **BOT_FLAGS,
+        **BACKEND_FLAGS,
         **GENERATION_FLAGS,
     },
     cmd_rate,

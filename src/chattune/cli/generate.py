@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from chattune.backends.registry import BackendSettings
 from chattune.cli.command import Command
 from chattune.cli.common import (
+    BACKEND_FLAGS,
     BOT_FLAGS,
     GENERATION_FLAGS,
     BotSection,
     GenerationOverrides,
+    backend_field,
     engine_for,
     load_bot,
     model_field,
@@ -35,6 +38,7 @@ class GenerateConfig(Section):
     )
     n: int = Field(3, ge=1, description="how many conversations from --data")
     bot: BotSection = Field(default_factory=BotSection)
+    backend: BackendSettings = backend_field()
     generation: GenerationOverrides = Field(default_factory=GenerationOverrides)  # type: ignore[valid-type]
 
     @model_validator(mode="after")
@@ -67,7 +71,7 @@ def cmd_generate(cfg: GenerateConfig) -> int:
     specs = [cfg.model, *([cfg.compare] if cfg.compare else [])]
     for spec in specs:
         resolve(spec)  # a bad second model fails now, not after the first has loaded
-    engines = {spec: engine_for(spec, profile) for spec in specs}
+    engines = {spec: engine_for(spec, profile, backend=cfg.backend) for spec in specs}
     for history, reference in questions:
         lines = [f"user: {history[-1].content}"]
         if reference is not None:
@@ -88,6 +92,7 @@ GENERATE = Command(
         "--data": "data",
         "--n": "n",
         **BOT_FLAGS,
+        **BACKEND_FLAGS,
         **GENERATION_FLAGS,
     },
     cmd_generate,

@@ -13,12 +13,15 @@ import sys
 
 from pydantic import Field, model_validator
 
+from chattune.backends.registry import BackendSettings
 from chattune.cli.command import Command
 from chattune.cli.common import (
+    BACKEND_FLAGS,
     BOT_FLAGS,
     GENERATION_FLAGS,
     BotSection,
     GenerationOverrides,
+    backend_field,
     engine_for,
     knowledge,
     load_bot,
@@ -77,6 +80,7 @@ class ServeConfig(Section):
         "chattune.db", description="sqlite path, sqlite:///path or postgresql://... URL"
     )
     bot: BotSection = Field(default_factory=BotSection)
+    backend: BackendSettings = backend_field()
     generation: GenerationOverrides = Field(default_factory=GenerationOverrides)  # type: ignore[valid-type]
     http: HttpSection = Field(default_factory=HttpSection)
     limits: ServeOptions = Field(default_factory=ServeOptions)
@@ -95,10 +99,14 @@ def cmd_serve(cfg: ServeConfig) -> int:
     profile = load_bot(cfg.bot, cfg.generation)
     kb = knowledge(cfg.kb, profile)
     store = Store(cfg.db)  # before the model: a wrong --db fails in a second
-    engine = engine_for(cfg.model, profile, kb)
+    engine = engine_for(cfg.model, profile, kb, cfg.backend)
+    limits = cfg.limits
+    slots = getattr(engine.backend, "slots", None)  # a batching backend: use every slot
+    if slots and "max_concurrency" not in limits.model_fields_set:
+        limits = limits.model_copy(update={"max_concurrency": slots})
     http = cfg.http
     app = build_app(engine, store, cfg.model, http.keys, insecure_no_auth=http.insecure_no_auth,
-                    **cfg.limits.model_dump())  # fmt: skip
+                    **limits.model_dump())  # fmt: skip
     if not http.keys:
         log.warning("serving without --api-key: anyone who can reach %s can use it", http.host)
     print(f"chattune: http://{http.host}:{http.port}/ (model {cfg.model})", flush=True)
@@ -123,6 +131,7 @@ SERVE = Command(
         "--kb": "kb",
         "--db": "db",
         **BOT_FLAGS,
+        **BACKEND_FLAGS,
         **GENERATION_FLAGS,
         "--host": "http.host",
         "--port": "http.port",

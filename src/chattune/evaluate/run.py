@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chattune.backends.registry import BackendSettings, backend_name, check, open_backend
 from chattune.backends.transformers import TransformersBackend
 from chattune.chat.engine import ChatEngine
 from chattune.chat.profile import BotProfile
@@ -42,6 +43,9 @@ class EvalSettings:
     #: who the bot is (system prompt, stop strings, how replies are generated), as when
     #: serving; generation flags are already applied to ``profile.generation``
     profile: BotProfile = field(default_factory=BotProfile)
+    #: what generates the replies; perplexity is always transformers' (float32; for a GGUF
+    #: file, its dequantized weights), so it compares across backends
+    backend: BackendSettings = field(default_factory=BackendSettings)
     progress: bool = True
 
 
@@ -50,6 +54,7 @@ class ModelResult:
     name: str
     metrics: dict[str, float]
     records: list[Record]
+    backend: str  # what generated the replies
 
 
 def load_examples(files: list[str], limit: int | None) -> list[TurnExample]:
@@ -64,8 +69,14 @@ def evaluate_model(spec: str, examples: list[TurnExample], settings: EvalSetting
     from chattune.model.loading import load_model
 
     model, tokenizer = load_model(spec)
-    engine = ChatEngine(TransformersBackend(model, tokenizer), settings.profile)
     losses = reference_losses(model, tokenizer, examples, settings.max_len, settings.batch_size)
+    name = backend_name(spec, settings.backend)
+    if name == "transformers":
+        backend: Any = TransformersBackend(model, tokenizer)
+    else:
+        del model  # the replies come from elsewhere: free the memory first
+        backend = open_backend(spec, settings.backend)
+    engine = ChatEngine(backend, settings.profile)
     replies = generate_replies(
         engine,
         examples,
@@ -81,15 +92,13 @@ def evaluate_model(spec: str, examples: list[TurnExample], settings: EvalSetting
         [r.stopped for r in replies],
         losses,
     )
-    return ModelResult(spec, aggregate(records), records)
+    return ModelResult(spec, aggregate(records), records, name)
 
 
 def evaluate_models(settings: EvalSettings) -> dict[str, Any]:
     """The whole evaluation as a JSON-ready dict (the ``--json`` file; keys in docs)."""
-    from chattune.model.loading import resolve
-
     for spec in filter(None, (settings.model, settings.compare)):
-        resolve(spec)  # a bad model path fails now, not after the first model has run
+        check(spec, settings.backend)  # a bad model fails now, not after the first has run
     examples = load_examples(settings.data, settings.max_examples)
     main = evaluate_model(settings.model, examples, settings)
     result: dict[str, Any] = {
@@ -98,6 +107,7 @@ def evaluate_models(settings: EvalSettings) -> dict[str, Any]:
         "n_examples": len(examples),
         "profile": settings.profile.name,
         "generation": settings.profile.generation.model_dump(),
+        "backend": main.backend,
         "metrics": main.metrics,
         "per_example": [r.public() for r in main.records],
         "examples": [[m.as_dict() for m in e.history] for e in examples],
@@ -107,6 +117,7 @@ def evaluate_models(settings: EvalSettings) -> dict[str, Any]:
         intervals = bootstrap_deltas(other.records, main.records, settings.bootstrap)
         result["compare"] = {
             "model": other.name,
+            "backend": other.backend,
             "metrics": other.metrics,
             "per_example": [r.public() for r in other.records],
             "delta": {
