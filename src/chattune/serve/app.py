@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chattune.chat.engine import ChatEngine
-from chattune.serve.admission import ApiError
+from chattune.serve.admission import ApiError, Ticket
 from chattune.serve.guards import (
     INVALID_KEY,
     BodyLimit,
@@ -35,6 +36,7 @@ from chattune.serve.guards import (
 )
 from chattune.serve.protocol import (
     ChatCompletionRequest,
+    CompletionRequest,
     Feedback,
     Id,
     NewConversation,
@@ -188,8 +190,24 @@ async def health(request: Request) -> dict[str, str]:
 
 @router.get("/v1/models")
 async def models(request: Request, _: Owner) -> dict[str, Any]:
-    model = {"id": request.app.state.model_name, "object": "model", "owned_by": "chattune"}
+    backend = request.app.state.service.engine.backend
+    model = {"id": request.app.state.model_name, "object": "model", "owned_by": "chattune",
+             "backend": _BACKENDS.get(type(backend).__name__, type(backend).__name__)}  # fmt: skip
     return {"object": "list", "data": [model]}
+
+
+#: ``/v1/models``' ``backend`` field: what generates the tokens.
+_BACKENDS = {"TransformersBackend": "transformers", "LlamaCppBackend": "llama.cpp",
+             "OpenAIBackend": "openai"}  # fmt: skip
+
+
+def _events(opened: tuple[AsyncIterator[str], Ticket]) -> GuardedStreamingResponse:
+    """Server-sent events that give the request's slot back however the response ends."""
+    return GuardedStreamingResponse(
+        *opened,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -200,14 +218,17 @@ async def chat_completions(
     service: Service,
 ) -> Any:
     if req.stream:
-        events, ticket = await service.stream(req, who)
-        return GuardedStreamingResponse(
-            events,
-            ticket,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return _events(await service.stream(req, who))
     return await service.complete(req, who, request.is_disconnected)
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(req: CompletionRequest, request: Request, _: Owner, service: Service) -> Any:
+    """OpenAI's legacy text completions: the prompt (text or token ids) continued as given,
+    without the profile, knowledge or store; what a remote chattune backend calls."""
+    if req.stream:
+        return _events(await service.stream_text(req))
+    return await service.complete_text(req, request.is_disconnected)
 
 
 @router.post("/v1/conversations", status_code=201)

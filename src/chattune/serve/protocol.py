@@ -1,6 +1,6 @@
-"""Request and response shapes of the HTTP API: OpenAI's chat completions, plus
-chattune's conversations and feedback. Unknown OpenAI fields are accepted and ignored, so
-the official ``openai`` client works unchanged.
+"""Request and response shapes of the HTTP API: OpenAI's chat completions and (legacy) text
+completions, plus chattune's conversations and feedback. Unknown OpenAI fields are accepted
+and ignored, so the official ``openai`` client works unchanged.
 
 Every field is bounded here, before any work is done on it: sizes, counts and ranges. The
 server-wide limits that an operator may change (body size, ``max_tokens`` ceiling, request
@@ -35,6 +35,9 @@ MAX_STOP = 4  # OpenAI's limit
 MAX_STOP_CHARS = 64  # a longer stop string makes transformers build a huge lookup table
 MAX_CORRECTION_CHARS = 8_000
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes
+MAX_STOP_TOKEN_IDS = 64
+#: OpenAI's default ``max_tokens`` for a text completion.
+COMPLETION_MAX_TOKENS = 16
 #: Below this a temperature is greedy decoding: dividing logits by 1e-40 overflows them.
 MIN_TEMPERATURE = 0.01
 
@@ -76,7 +79,9 @@ class ServeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_concurrency: int = Field(1, ge=1, le=256, description="replies generated at once")
+    max_concurrency: int = Field(
+        1, ge=1, le=256, description="replies generated at once (llama.cpp: its --slots)"
+    )
     max_queue: int = Field(8, ge=0, le=10_000, description="admitted requests waiting for a slot")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
     max_tokens_limit: int = Field(1024, ge=1, description="server ceiling on max_tokens")
@@ -111,31 +116,22 @@ class ChatMessage(BaseModel):
         return value
 
 
-class ChatCompletionRequest(BaseModel):
+class SamplingRequest(BaseModel):
+    """The fields both completion endpoints share: how to sample, how much, where to stop."""
+
     model_config = ConfigDict(extra="ignore")
 
     model: Annotated[str, StringConstraints(max_length=256)] | None = None
-    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0, le=1000)
     # Tinier positive values overflow the logits (inf / nan) in the sampler.
     repetition_penalty: float | None = Field(None, ge=0.01, le=10)
     max_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
-    max_completion_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     n: int = Field(1, ge=1, le=1, description="only one choice is generated")
     stream: bool = False
-    #: chattune extension: store the exchange in this conversation
-    conversation_id: Id | None = None
-
-    @field_validator("messages")
-    @classmethod
-    def _ends_with_user(cls, value: list[ChatMessage]) -> list[ChatMessage]:
-        if value[-1].role != "user":
-            raise ValueError("the last message must have role 'user'")
-        return value
 
     @field_validator("stop")
     @classmethod
@@ -150,6 +146,24 @@ class ChatCompletionRequest(BaseModel):
             valid_unicode(s)
         return value
 
+    @property
+    def stop_list(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class ChatCompletionRequest(SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_completion_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
+    #: chattune extension: store the exchange in this conversation
+    conversation_id: Id | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _ends_with_user(cls, value: list[ChatMessage]) -> list[ChatMessage]:
+        if value[-1].role != "user":
+            raise ValueError("the last message must have role 'user'")
+        return value
+
     @model_validator(mode="after")
     def _total_size(self) -> ChatCompletionRequest:
         total = sum(len(m.content) for m in self.messages)
@@ -159,9 +173,63 @@ class ChatCompletionRequest(BaseModel):
             )
         return self
 
-    @property
-    def stop_list(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+#: OpenAI completion fields chattune does not implement, and the values that mean "off".
+_UNSUPPORTED = {"echo": (False,), "logprobs": (None,), "best_of": (None, 1), "suffix": (None, "")}
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+
+
+class CompletionRequest(SamplingRequest):
+    """OpenAI's legacy ``/v1/completions``: one prompt, continued exactly as given.
+
+    ``prompt`` is a string (tokenized without special tokens) or one list of token ids, so
+    a client that renders its own chat template (another chattune, with
+    ``chattune.backends.remote``) sends the very ids its model must see. A list of several
+    prompts is refused rather than half-served; so are ``n`` > 1, ``echo``, ``logprobs``,
+    ``best_of`` and ``suffix`` (400: a client asking for them would misread the answer).
+    The token ids' range and the context window depend on the model: the service checks
+    them, before any work.
+    """
+
+    prompt: str | list[int]
+    #: vLLM's extension, accepted so a vLLM client works; generation here always stops at
+    #: the model's own end-of-turn ids.
+    stop_token_ids: list[TokenId] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
+    echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _one_prompt(cls, value: Any) -> Any:
+        """A string or one list of integer ids (JSON ``true`` or ``"5"`` is no token id),
+        neither empty nor longer than ``MAX_REQUEST_CHARS``."""
+        if isinstance(value, str):
+            valid_unicode(value)
+        elif isinstance(value, list):
+            if any(isinstance(item, str | list) for item in value):
+                raise ValueError(
+                    "one prompt per request: a string or one list of token ids "
+                    "(send several prompts as several requests)"
+                )
+            for i, item in enumerate(value):
+                if not isinstance(item, int) or isinstance(item, bool) or item < 0:
+                    raise ValueError(f"prompt[{i}] is not a token id (an integer from 0)")
+        else:
+            return value  # neither: the type check refuses it
+        if not value:
+            raise ValueError("the prompt must not be empty")
+        if len(value) > MAX_REQUEST_CHARS:
+            raise ValueError(f"at most {MAX_REQUEST_CHARS} characters (or token ids)")
+        return value
+
+    @field_validator(*_UNSUPPORTED)
+    @classmethod
+    def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
+        if value not in _UNSUPPORTED[str(info.field_name)]:
+            raise ValueError(f"{info.field_name} is not supported by this server")
+        return value
 
 
 def new_id(prefix: str) -> str:
@@ -203,6 +271,26 @@ def chunk(
         "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
         **(extra or {}),
+    }
+
+
+def text_completion(
+    cid: str,
+    model: str,
+    text: str,
+    finish: str | None = None,
+    usage: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """A text completion, or one streamed chunk of it: the same object with partial
+    ``text``; the last chunk carries ``finish_reason`` and ``usage``."""
+    choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+    return {
+        "id": cid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        **({"usage": usage} if usage is not None else {}),
     }
 
 

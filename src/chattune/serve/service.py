@@ -12,6 +12,10 @@ A request's life, cheapest check first, so a flood is turned away before it cost
    the reply ends, the client goes away (cancelled at the next token), or the request's
    deadline passes (408, or an ``error`` event once streaming has begun).
 5. **store** the user message and the reply in one transaction.
+
+Chat completions and text completions (``/v1/completions``: a prompt continued as given,
+nothing stored) differ only in steps 3 and 5 and in how their responses are spelled: both
+go through :meth:`ChatService._whole` or :meth:`ChatService._opened` and one pump.
 """
 
 from __future__ import annotations
@@ -22,24 +26,29 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
+from chattune.backends.base import BackendCrashed, BackendError, BackendTimeout
 from chattune.chat.engine import ChatEngine, PromptTooLong, split_system
 from chattune.data.types import Message
 from chattune.knowledge.grounding import Grounding
 from chattune.model.generation import GenerationOptions
 from chattune.serve.admission import ApiError, Slots, Ticket
 from chattune.serve.protocol import (
+    COMPLETION_MAX_TOKENS,
     MIN_TEMPERATURE,
     ChatCompletionRequest,
+    CompletionRequest,
     ServeOptions,
     chunk,
     completion,
     error_body,
     new_id,
+    text_completion,
 )
 from chattune.serve.store import Store
 
@@ -48,7 +57,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PreparedRequest:
-    """A request turned into what generation needs."""
+    """A request turned into what generation needs.
+
+    ``raw``: a text completion, whose prompt is generated from as given, through an engine
+    without the profile (no system prompt, examples, stop strings or defaults).
+    """
 
     history: list[Message]
     system: str | None
@@ -56,13 +69,26 @@ class PreparedRequest:
     prompt_ids: list[int]
     stop: list[str]
     grounding: Grounding | None = None
+    raw: bool = False
 
     def sources(self, text: str = "") -> dict[str, Any]:
         """The response's ``sources`` field; absent when the server has no knowledge base."""
         return {"sources": self.grounding.sources(text)} if self.grounding else {}
 
 
+@dataclass
+class Spelling:
+    """How one endpoint spells its event stream around the shared pump (:meth:`_events`):
+    an optional first event, one event per piece, and the last event for the whole text."""
+
+    piece: Callable[[str], dict[str, Any]]
+    final: Callable[[str], Awaitable[dict[str, Any]]]
+    opening: dict[str, Any] | None = None
+
+
 class ChatService:
+    """Chat and text completions, both through one admission, one pump and one stream."""
+
     def __init__(
         self,
         engine: ChatEngine,
@@ -73,17 +99,29 @@ class ChatService:
         self.engine, self.store, self.model_name = engine, store, model_name
         self.settings = options or ServeOptions()
         self.slots = Slots(self.settings.max_concurrency, self.settings.max_queue)
+        # Generation threads of their own: asyncio's default pool has cpu_count + 4 threads
+        # (6 on two cores), fewer than the 8 streams a batching backend decodes at once,
+        # and retrieval and the store share it. Twice the slots: a generation that ignores
+        # cancel may outlive its slot by up to 30 s without starving the next one.
+        self.generators = ThreadPoolExecutor(
+            2 * self.settings.max_concurrency, thread_name_prefix="generate"
+        )
+
+    @property
+    def raw(self) -> ChatEngine:
+        """The same backend without the profile: what ``/v1/completions`` generates with,
+        keeping the engine's stop handling (a stop string is never shown)."""
+        return ChatEngine(self.engine.backend)
 
     # ----- 2. cheap checks, 3. prepare -------------------------------------------------
 
-    def _max_tokens(self, req: ChatCompletionRequest) -> int:
-        asked = req.max_completion_tokens or req.max_tokens
+    def _max_tokens(self, asked: int | None, default: int) -> int:
         limit = self.settings.max_tokens_limit
         if asked is not None and asked > limit:
             raise ApiError(
                 400, f"max_tokens {asked} is over this server's limit of {limit}", "max_tokens"
             )
-        return asked or min(self.engine.profile.generation.max_new_tokens, limit)
+        return asked or min(default, limit)
 
     def _check_conversation(self, owner: str, conversation_id: str | None) -> None:
         if conversation_id and self.store.get_conversation(owner, conversation_id) is None:
@@ -95,7 +133,8 @@ class ChatService:
             )
 
     async def _prepare(self, req: ChatCompletionRequest, owner: str) -> PreparedRequest:
-        max_tokens = self._max_tokens(req)
+        default = self.engine.profile.generation.max_new_tokens
+        max_tokens = self._max_tokens(req.max_completion_tokens or req.max_tokens, default)
         await asyncio.to_thread(self._check_conversation, owner, req.conversation_id)
         return await asyncio.to_thread(self.prepare, req, max_tokens)
 
@@ -105,17 +144,7 @@ class ChatService:
         Blocking (retrieval embeds the question): the routes run it in a worker thread.
         """
         system, history = split_system([Message(m.role, m.content) for m in req.messages])
-        sampled = req.temperature is not None and req.temperature >= MIN_TEMPERATURE
-        options = self.engine.options(
-            max_new_tokens=max_tokens,
-            temperature=req.temperature if sampled else None,
-            # OpenAI: temperature 0 means greedy (and under MIN_TEMPERATURE is as good as 0)
-            do_sample=sampled if req.temperature is not None else None,
-            top_p=req.top_p,
-            top_k=req.top_k,
-            repetition_penalty=req.repetition_penalty,
-            seed=req.seed,
-        )
+        options = _options(self.engine, req, max_tokens)
         context = self.engine.backend.context_window
         if options.max_new_tokens >= context:
             raise ApiError(
@@ -142,25 +171,57 @@ class ChatService:
             raise ApiError(400, str(e), param="messages", code="context_length_exceeded") from None
         return PreparedRequest(history, system, options, ids, req.stop_list, grounding)
 
-    # ----- 4. generate ------------------------------------------------------------------
+    async def _prepare_text(self, req: CompletionRequest) -> PreparedRequest:
+        max_tokens = self._max_tokens(req.max_tokens, COMPLETION_MAX_TOKENS)
+        if isinstance(req.prompt, list):  # cheap: checked on the loop, before a thread
+            return self.prepare_text(req, max_tokens)
+        return await asyncio.to_thread(self.prepare_text, req, max_tokens)
+
+    def prepare_text(self, req: CompletionRequest, max_tokens: int) -> PreparedRequest:
+        """A text completion's prompt: the client's ids (each checked against the
+        vocabulary) or its text tokenized without special tokens; 400 naming ``prompt`` or
+        ``max_tokens`` if they do not fit the context."""
+        tokenizer, context = self.engine.tokenizer, self.engine.backend.context_window
+        if isinstance(req.prompt, str):
+            ids = list(tokenizer(req.prompt, add_special_tokens=False)["input_ids"])
+        else:  # a list longer than the context is refused below, without this scan
+            ids, vocab = req.prompt, len(tokenizer)
+            bad = next((i for i, t in enumerate(ids[: context + 1]) if t >= vocab), None)
+            if bad is not None:
+                why = f"token id {ids[bad]} is not in this model's vocabulary (0 to {vocab - 1})"
+                raise ApiError(400, f"prompt[{bad}]: {why}", param="prompt")
+        if not ids:
+            raise ApiError(400, "the prompt has no tokens", param="prompt")
+        if len(ids) > context:
+            why = f"the prompt is {len(ids)} tokens; the model's context is {context}"
+            raise ApiError(400, why, param="prompt", code="context_length_exceeded")
+        if len(ids) + max_tokens > context:
+            left = context - len(ids)
+            why = f"max_tokens {max_tokens} is more than the {left} tokens left after the prompt"
+            raise ApiError(400, why, param="max_tokens")
+        options = _options(self.raw, req, max_tokens)
+        return PreparedRequest([], None, options, ids, req.stop_list, raw=True)
+
+    # ----- 4. generate: one pump, one whole-reply path, one stream path -----------------
 
     async def _pieces(self, p: PreparedRequest, ticket: Ticket) -> AsyncIterator[str]:
         """The engine's reply pieces, pumped from a worker thread, within the deadline."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
         cancel = ticket.cancel
+        engine = self.raw if p.raw else self.engine
 
         def work() -> None:
             try:
-                for piece in self.engine.stream(
+                for piece in engine.stream(
                     p.history, p.options, p.system, cancel, p.stop, p.prompt_ids, p.grounding
                 ):
                     loop.call_soon_threadsafe(queue.put_nowait, piece)
                 loop.call_soon_threadsafe(queue.put_nowait, None)
             except BaseException as e:
-                loop.call_soon_threadsafe(queue.put_nowait, e)
+                loop.call_soon_threadsafe(queue.put_nowait, _status(e))
 
-        worker = loop.run_in_executor(None, work)
+        worker = loop.run_in_executor(self.generators, work)
         try:
             while True:
                 try:
@@ -180,64 +241,60 @@ class ChatService:
             with anyio.CancelScope(shield=True):
                 await asyncio.wait({worker}, timeout=30)
 
-    async def complete(
+    async def _whole(
         self,
-        req: ChatCompletionRequest,
-        owner: str,
-        disconnected: Callable[[], Awaitable[bool]] | None = None,
-    ) -> dict[str, Any]:
-        """A whole reply. A client that goes away, queued or generating, gives up its place
-        and cancels its generation (nothing stored)."""
+        prepare: Callable[[], Awaitable[PreparedRequest]],
+        disconnected: Callable[[], Awaitable[bool]] | None,
+    ) -> tuple[PreparedRequest, str]:
+        """Admit, prepare, wait for a slot and generate the whole text: every non-streamed
+        request's life. A client that goes away, queued or generating, gives up its place
+        and cancels its generation (499, nothing stored)."""
         ticket = self.slots.admit(self.settings.request_timeout)
         watcher = asyncio.create_task(_watch(disconnected, ticket.cancel)) if disconnected else None
         try:
-            p = await self._prepare(req, owner)
+            p = await prepare()
             await _acquire_unless_gone(ticket, watcher)
-            text = "".join([piece async for piece in self._pieces(p, ticket)]).strip()
+            text = "".join([piece async for piece in self._pieces(p, ticket)])
         finally:
             ticket.release()
             if watcher:
                 watcher.cancel()
         if watcher and watcher.done() and not watcher.cancelled() and watcher.result():
             raise _client_gone()
-        finish, usage, extra = await self._conclude(owner, req.conversation_id, p, text)
-        return completion(self.model_name, text, finish, usage, extra)
+        return p, text
 
-    async def stream(
-        self, req: ChatCompletionRequest, owner: str
+    async def _opened(
+        self,
+        prepare: Callable[[], Awaitable[PreparedRequest]],
+        spell: Callable[[PreparedRequest], Spelling],
     ) -> tuple[AsyncIterator[str], Ticket]:
-        """Server-sent events (role chunk, content chunks, final chunk, ``[DONE]``) and the
-        request's ticket, which the caller must release when the response ends, also if the
-        events are never iterated (see ``guards.GuardedStreamingResponse``).
-
-        Everything that can fail with a status fails here, before the first byte. A failure
-        after it becomes an OpenAI-style ``error`` event that ends the stream. With a
-        knowledge base the role chunk and the final chunk carry ``sources``.
-        """
+        """Admit and prepare a streamed request: everything that can fail with a status
+        fails here, before the first byte. Returns the events and the ticket, which the
+        caller must release when the response ends, also if the events are never iterated
+        (see ``guards.GuardedStreamingResponse``)."""
         ticket = self.slots.admit(self.settings.request_timeout)
         try:
-            p = await self._prepare(req, owner)
+            p = await prepare()
         except BaseException:
             ticket.release()
             raise
-        return self._events(req, owner, p, ticket), ticket
+        return self._events(p, ticket, spell(p)), ticket
 
     async def _events(
-        self, req: ChatCompletionRequest, owner: str, p: PreparedRequest, ticket: Ticket
+        self, p: PreparedRequest, ticket: Ticket, spell: Spelling
     ) -> AsyncIterator[str]:
-        cid, name = new_id("chatcmpl"), self.model_name
+        """Server-sent events: wait for a slot, then the opening event, one per piece, the
+        final one and ``[DONE]``. A failure after the 200 becomes an OpenAI-style ``error``
+        event that ends the stream (the ``openai`` client raises it)."""
         try:
             await ticket.acquire()
-            # Sources come first (the page shows them while the reply streams); the final
-            # chunk repeats them with ``cited`` set from the finished reply.
-            yield _sse(chunk(cid, name, {"role": "assistant", "content": ""}, None, p.sources()))
+            if spell.opening is not None:
+                yield _sse(spell.opening)
             pieces: list[str] = []
             async for piece in self._pieces(p, ticket):
                 pieces.append(piece)
-                yield _sse(chunk(cid, name, {"content": piece}))
-            text = "".join(pieces).strip()
-            finish, usage, extra = await self._conclude(owner, req.conversation_id, p, text)
-            yield _sse(chunk(cid, name, {}, finish, {"usage": usage, **extra}))
+                yield _sse(spell.piece(piece))
+            yield _sse(await spell.final("".join(pieces)))
             yield "data: [DONE]\n\n"
         except ApiError as e:
             yield _sse(e.body())
@@ -246,6 +303,68 @@ class ChatService:
             yield _sse(error_body("internal error while generating the reply", "server_error"))
         finally:
             ticket.release()
+
+    # ----- the two endpoints over that path ---------------------------------------------
+
+    async def complete(
+        self,
+        req: ChatCompletionRequest,
+        owner: str,
+        disconnected: Callable[[], Awaitable[bool]] | None = None,
+    ) -> dict[str, Any]:
+        """A whole chat reply, stored when the request names a conversation."""
+        p, text = await self._whole(lambda: self._prepare(req, owner), disconnected)
+        text = text.strip()
+        finish, usage, extra = await self._conclude(owner, req.conversation_id, p, text)
+        return completion(self.model_name, text, finish, usage, extra)
+
+    async def stream(
+        self, req: ChatCompletionRequest, owner: str
+    ) -> tuple[AsyncIterator[str], Ticket]:
+        """A chat reply as events (role chunk, content chunks, final chunk, ``[DONE]``) and
+        its ticket (see :meth:`_opened`). With a knowledge base the role chunk and the final
+        chunk carry ``sources``."""
+        return await self._opened(
+            lambda: self._prepare(req, owner), lambda p: self._chat_spelling(req, owner, p)
+        )
+
+    def _chat_spelling(
+        self, req: ChatCompletionRequest, owner: str, p: PreparedRequest
+    ) -> Spelling:
+        cid, name = new_id("chatcmpl"), self.model_name
+
+        async def final(text: str) -> dict[str, Any]:
+            finish, usage, extra = await self._conclude(owner, req.conversation_id, p, text.strip())
+            return chunk(cid, name, {}, finish, {"usage": usage, **extra})
+
+        # Sources come first (the page shows them while the reply streams); the final chunk
+        # repeats them with ``cited`` set from the finished reply.
+        opening = chunk(cid, name, {"role": "assistant", "content": ""}, None, p.sources())
+        return Spelling(lambda piece: chunk(cid, name, {"content": piece}), final, opening)
+
+    async def complete_text(
+        self,
+        req: CompletionRequest,
+        disconnected: Callable[[], Awaitable[bool]] | None = None,
+    ) -> dict[str, Any]:
+        """A whole text completion: the prompt continued as given, the text not stripped
+        (a leading space is part of a continuation), nothing stored."""
+        p, text = await self._whole(lambda: self._prepare_text(req), disconnected)
+        finish, usage = self._finish(p, text)
+        return text_completion(new_id("cmpl"), self.model_name, text, finish, usage)
+
+    async def stream_text(self, req: CompletionRequest) -> tuple[AsyncIterator[str], Ticket]:
+        """A text completion as events: chunks of partial ``text``, a last chunk with
+        ``finish_reason`` and ``usage``, ``[DONE]``."""
+        return await self._opened(lambda: self._prepare_text(req), self._text_spelling)
+
+    def _text_spelling(self, p: PreparedRequest) -> Spelling:
+        cid, name = new_id("cmpl"), self.model_name
+
+        async def final(text: str) -> dict[str, Any]:
+            return text_completion(cid, name, "", *self._finish(p, text))
+
+        return Spelling(lambda piece: text_completion(cid, name, piece), final)
 
     # ----- 5. conclude: count, store ------------------------------------------------------
 
@@ -260,30 +379,53 @@ class ChatService:
         extra: dict[str, Any] = {}
         if conversation_id:
             meta = {"finish_reason": finish, **sources}
-            message_id = await asyncio.to_thread(
-                self.store.append_exchange,
-                owner,
-                conversation_id,
-                p.history[-1].content,
-                text,
-                meta,
-            )
+            exchange = (owner, conversation_id, p.history[-1].content, text, meta)
+            message_id = await asyncio.to_thread(self.store.append_exchange, *exchange)
             if message_id is None:  # deleted while the reply was generated
                 raise ApiError(404, f"conversation {conversation_id!r} not found", code="not_found")
             extra = {"conversation_id": conversation_id, "message_id": message_id}
         return finish, usage, {**extra, **sources}
 
     def _finish(self, p: PreparedRequest, text: str) -> tuple[str, dict[str, int]]:
+        """(finish reason, usage). The backend streams text, not tokens, so the reply is
+        counted by tokenizing it again: "length" when that reaches ``max_tokens``."""
         if p.grounding and p.grounding.reply is not None:  # FAQ answer or "don't know"
             return "stop", {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         n = len(self.engine.tokenizer(text, add_special_tokens=False)["input_ids"])
-        finish = "length" if n >= p.options.max_new_tokens else "stop"
-        usage = {
-            "prompt_tokens": len(p.prompt_ids),
-            "completion_tokens": n,
-            "total_tokens": len(p.prompt_ids) + n,
-        }
-        return finish, usage
+        k = len(p.prompt_ids)
+        usage = {"prompt_tokens": k, "completion_tokens": n, "total_tokens": k + n}
+        return "length" if n >= p.options.max_new_tokens else "stop", usage
+
+
+def _status(e: BaseException) -> BaseException:
+    """A backend's failure as the HTTP error it is (the rest stay 500s): its worker died
+    (503, retry), its remote server failed (502) or went silent (504)."""
+    if isinstance(e, BackendCrashed):
+        return ApiError(503, str(e), code="backend_crashed", type_="server_error",
+                        headers={"Retry-After": "1"})  # fmt: skip
+    if isinstance(e, BackendTimeout):
+        return ApiError(504, str(e), code="backend_timeout", type_="server_error")
+    if isinstance(e, BackendError):
+        return ApiError(502, str(e), code="backend_error", type_="server_error")
+    return e
+
+
+def _options(
+    engine: ChatEngine, req: ChatCompletionRequest | CompletionRequest, max_tokens: int
+) -> GenerationOptions:
+    """The engine's defaults with the request's sampling fields. OpenAI's temperature 0
+    means greedy, and so does one under MIN_TEMPERATURE (dividing logits by 1e-40
+    overflows them); a request without a temperature keeps the engine's default."""
+    sampled = req.temperature is not None and req.temperature >= MIN_TEMPERATURE
+    return engine.options(
+        max_new_tokens=max_tokens,
+        temperature=req.temperature if sampled else None,
+        do_sample=sampled if req.temperature is not None else None,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        repetition_penalty=req.repetition_penalty,
+        seed=req.seed,
+    )
 
 
 async def _acquire_unless_gone(ticket: Ticket, watcher: asyncio.Task[bool] | None) -> None:
