@@ -38,10 +38,11 @@ demo: setup
 	$(BIN)/chattune kb add examples/support/kb --kb $(DEMO)/kb
 	$(BIN)/chattune kb eval --kb $(DEMO)/kb --profile $(BOT) \
 		--data examples/support/kb-paraphrases.jsonl --data examples/support/kb-unanswerable.jsonl
+	$(BIN)/chattune export --model $(DEMO) --output $(DEMO)/pine.gguf --profile $(BOT)
 	printf '%s\n' "Do you ship to Canada?" "How long does it take?" \
 		"How heavy is the Ridgeline 2 tent?" "Do gift cards expire?" \
 		"What is the capital of France?" | \
-		$(BIN)/chattune chat --model $(DEMO) --kb $(DEMO)/kb --profile $(BOT)
+		$(BIN)/chattune chat --model $(DEMO)/pine.gguf --kb $(DEMO)/kb --profile $(BOT)
 
 test: setup
 	$(BIN)/pytest -q

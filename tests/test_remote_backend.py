@@ -597,3 +597,20 @@ def test_the_remote_module_needs_neither_torch_nor_transformers():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_chattune_in_front_of_a_failing_server_answers_502_and_504(tokenizer, tmp_path):
+    """The front server's clients see a gateway error naming the cause, never a 500."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    front = OpenAIBackend(tokenizer, dead, model="tiny", context_window=4096, end_ids=[2])
+    client = TestClient(make_app(front, tmp_path, keys=()), "http://127.0.0.1")
+    body = {"messages": [{"role": "user", "content": "Hi"}]}
+    answer = client.post("/v1/chat/completions", json=body)
+    assert answer.status_code == 502 and dead in answer.json()["error"]["message"]
+    gate = Gate(tokenizer)
+    with live_server(make_app(gate, tmp_path)) as url:
+        slow = OpenAIBackend(tokenizer, url, model="tiny", api_key=KEY, context_window=4096,
+                             end_ids=[2], token_timeout=0.5)  # fmt: skip
+        client = TestClient(make_app(slow, tmp_path, keys=()), "http://127.0.0.1")
+        answer = client.post("/v1/chat/completions", json=body)
+        assert answer.status_code == 504 and answer.json()["error"]["code"] == "backend_timeout"
