@@ -29,6 +29,21 @@ FACTS = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Converted models, tokenizers and exports go to a folder of the test session's own
+    (``$CHATTUNE_CACHE``), never the user's cache: each session's temporary GGUF files would
+    otherwise leave their conversions behind there."""
+    folder = tmp_path_factory.mktemp("chattune-cache")
+    before = os.environ.get("CHATTUNE_CACHE")
+    os.environ["CHATTUNE_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("CHATTUNE_CACHE", None)
+    else:
+        os.environ["CHATTUNE_CACHE"] = before
+
+
 def conversation(i: int, system: bool = False) -> dict:
     q, a = FACTS[i % len(FACTS)]
     messages = [{"role": "system", "content": "You are a support agent."}] if system else []

@@ -125,3 +125,26 @@ def _prompt(backend) -> list[int]:
     from chattune.data.render import generation_prompt_ids
 
     return generation_prompt_ids(backend.tokenizer, HELLO)
+
+
+def test_eval_generates_with_llama_cpp_and_scores_perplexity_with_transformers(
+    scripted_model_dir, scripted_gguf, tmp_path
+) -> None:
+    import json
+
+    from tests.conftest import run_cli, write_jsonl
+
+    turns = [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": SCRIPT}]
+    data = write_jsonl(tmp_path / "test.jsonl", [{"messages": turns}])
+    results = {}
+    for model in (scripted_gguf, scripted_model_dir):
+        out = tmp_path / f"{model.name}.json"
+        done = run_cli("eval", "--model", str(model), "--data", str(data), "--json", str(out),
+                       "--per-example", "--bootstrap", "0")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        results[json.loads(out.read_text())["backend"]] = json.loads(out.read_text())
+    gguf, folder = results["llama.cpp"], results["transformers"]  # .gguf: llama.cpp, by default
+    assert gguf["per_example"][0]["reply"] == folder["per_example"][0]["reply"] == SCRIPT
+    assert gguf["metrics"]["bleu"] == pytest.approx(100.0)
+    # perplexity is transformers' on both: the float32 GGUF's weights are the folder's
+    assert gguf["metrics"]["perplexity"] == pytest.approx(folder["metrics"]["perplexity"])
