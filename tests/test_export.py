@@ -98,7 +98,13 @@ def _as_list(value: int | list[int]) -> list[int]:
 
 def test_gguf_export_writes_the_file_and_an_ollama_modelfile(scripted_model_dir, tmp_path):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by make setup")
-    out = tmp_path / "bot.gguf"
+    import shutil
+
+    from tests.conftest import TOKENIZER_DIR
+
+    # Into a folder holding another tokenizer (as a run folder does): the GGUF's own wins.
+    shutil.copytree(TOKENIZER_DIR, tmp_path / "run")
+    out = tmp_path / "run" / "bot.gguf"
     profile = str(ROOT / "examples/support/bot.yaml")
     done = run_cli("export", "--model", str(scripted_model_dir), "--quant", "f16",
                    "--output", str(out), "--profile", profile)  # fmt: skip
@@ -109,7 +115,7 @@ def test_gguf_export_writes_the_file_and_an_ollama_modelfile(scripted_model_dir,
                                "tokenizer.ggml.eos_token_id"))  # fmt: skip
     assert meta["general.file_type"] == 1  # F16
     assert "<|im_start|>" in meta["tokenizer.chat_template"]
-    modelfile = (tmp_path / "bot.Modelfile").read_text()
+    modelfile = (tmp_path / "run" / "bot.Modelfile").read_text()
     assert modelfile.startswith("FROM ./bot.gguf\nTEMPLATE")
     assert 'PARAMETER stop "<|im_end|>"' in modelfile and "SYSTEM" in modelfile
     chat = run_cli("chat", "--model", str(out), input="Hello!\n")  # .gguf: llama.cpp by default

@@ -171,9 +171,15 @@ def gguf_tokenizer(gguf: Path) -> Any:
     if not (target / "tokenizer_config.json").exists():
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+        # The file alone in a folder: transformers would otherwise mix in tokenizer files
+        # lying beside it (a GGUF exported into its run folder lost its EOS and template).
+        alone = tmp / "alone"
+        alone.mkdir()
+        (alone / "model.gguf").symlink_to(gguf.resolve())
+        tokenizer = AutoTokenizer.from_pretrained(alone, gguf_file="model.gguf")
+        shutil.rmtree(alone)
         tokenizer.save_pretrained(tmp)
         try:
             os.replace(tmp, target)
