@@ -56,6 +56,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/train_vs_trl.py
+	$(BIN)/python bench/serve_speed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -224,10 +224,16 @@ class ChatService:
         worker = loop.run_in_executor(self.generators, work)
         try:
             while True:
-                try:
-                    item = await asyncio.wait_for(queue.get(), ticket.remaining())
-                except TimeoutError:
-                    raise ticket.timed_out() from None
+                try:  # no timer when a piece is already waiting (8 streams: most times)
+                    item = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for makes a task
+                    # per call, a cost paid for every token of every stream
+                    try:
+                        async with asyncio.timeout(ticket.remaining()):
+                            item = await queue.get()
+                    except TimeoutError:
+                        raise ticket.timed_out() from None
                 if item is None:
                     return
                 if isinstance(item, BaseException):
