@@ -188,6 +188,8 @@ class FakeBackend:
     engine, the server and evaluation run on it without a model.
     """
 
+    name = "fake"
+
     def __init__(self, tokenizer, pieces: list[str], context_window: int = 4096) -> None:
         self.tokenizer = tokenizer
         self.pieces = pieces

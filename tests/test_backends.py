@@ -148,3 +148,17 @@ def test_eval_generates_with_llama_cpp_and_scores_perplexity_with_transformers(
     assert gguf["metrics"]["bleu"] == pytest.approx(100.0)
     # perplexity is transformers' on both: the float32 GGUF's weights are the folder's
     assert gguf["metrics"]["perplexity"] == pytest.approx(folder["metrics"]["perplexity"])
+
+
+def test_every_sampling_setting_reaches_the_backend(backend) -> None:
+    """top-k 1 and a tiny top-p leave only the likeliest token (greedy's); a strong
+    repetition penalty on a prompt that holds the whole script moves the reply off it."""
+    engine = ChatEngine(backend)
+    greedy = engine.reply(HELLO)
+    for cut in ({"top_k": 1, "top_p": 1.0}, {"top_k": 0, "top_p": 0.01}):
+        options = GenerationOptions(do_sample=True, temperature=1.0, seed=5, **cut)
+        assert engine.reply(HELLO, options=options) == greedy == SCRIPT
+    echo = [Message("user", SCRIPT)]
+    assert engine.reply(echo, options=GenerationOptions(repetition_penalty=1.2)) == SCRIPT
+    penalised = engine.reply(echo, options=GenerationOptions(repetition_penalty=100.0))
+    assert penalised != SCRIPT  # 12 / 100 is under the other tokens' logits

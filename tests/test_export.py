@@ -121,6 +121,10 @@ def test_gguf_export_writes_the_file_and_an_ollama_modelfile(scripted_model_dir,
     chat = run_cli("chat", "--model", str(out), input="Hello!\n")  # .gguf: llama.cpp by default
     assert chat.returncode == 0, chat.stderr
     assert chat.stdout.strip() == SCRIPT
+    from chattune.model.loading import gguf_to_folder, load_tokenizer
+
+    dequantized = load_tokenizer(gguf_to_folder(out))  # what eval's perplexity loads
+    assert dequantized.eos_token == "<|im_end|>" and len(dequantized) == 49152
 
 
 def test_export_refuses_bad_output_names_before_any_work(tiny_model_dir, tmp_path) -> None:

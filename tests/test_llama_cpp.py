@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from chattune.backends.base import BackendCrashed, BackendError, BackendTimeout
 from chattune.backends.registry import BackendSettings, open_backend
 from chattune.chat.engine import ChatEngine
 from chattune.chat.profile import BotProfile
@@ -24,12 +25,7 @@ from tests.conftest import SCRIPT
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by make setup")
 
-from chattune.backends.llama_cpp import (
-    BackendCrashed,
-    BackendError,
-    LlamaCppBackend,
-    WorkerSettings,
-)
+from chattune.backends.llama_cpp import LlamaCppBackend, WorkerSettings
 
 #: Sampling that leaves the script after a few tokens and rarely meets an end: long replies.
 WANDER = GenerationOptions(do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
@@ -85,6 +81,39 @@ def test_concurrent_conversations_are_decoded_in_one_batch(scripted_gguf) -> Non
             t.join(120)
         assert len(replies) == 4 and all(replies)
         assert backend._worker.max_batch == 4  # one llama_decode carried all four
+    finally:
+        backend.close()
+
+
+def test_a_cancelled_request_leaves_its_slot_before_the_next_one_comes(scripted_gguf) -> None:
+    """Cancels reach the worker ahead of the next request: had the long reply gone on, the
+    next one would have been decoded beside it (two sequences in a batch)."""
+    backend = llama(scripted_gguf, slots=2)
+    try:
+        prompt = generation_prompt_ids(backend.tokenizer, [Message("user", "Hello!")])
+        cancel = threading.Event()
+        for _ in backend.stream(prompt, WANDER, [], cancel):
+            cancel.set()
+        stream = backend.stream(prompt, WANDER, [], threading.Event())
+        next(stream)
+        stream.close()  # a consumer that stops reading
+        assert ChatEngine(backend).reply([Message("user", "Hi")]) == SCRIPT
+        assert backend._worker.max_batch == 1
+    finally:
+        backend.close()
+
+
+def test_a_hung_worker_times_out_is_killed_and_replaced(scripted_gguf) -> None:
+    backend = open_backend(str(scripted_gguf), BackendSettings(
+        name="llama.cpp", slots=1, context=512, token_timeout=1.0))  # fmt: skip
+    try:
+        prompt = generation_prompt_ids(backend.tokenizer, [Message("user", "Hello!")])
+        pid = backend.worker_pid
+        os.kill(pid, signal.SIGSTOP)  # alive, but answers nothing
+        with pytest.raises(BackendTimeout):
+            list(backend.stream(prompt, GenerationOptions(), [], threading.Event()))
+        assert ChatEngine(backend).reply([Message("user", "Hi")]) == SCRIPT
+        assert backend.worker_pid != pid
     finally:
         backend.close()
 

@@ -33,12 +33,14 @@ class Backend(Protocol):
     """Generates text for prompts given as token ids.
 
     Attributes:
+        name: what ``--backend`` calls it (``/v1/models`` and eval results show it).
         tokenizer: the model's tokenizer (its chat template renders the prompts).
         context_window: prompt plus reply must fit in this many tokens.
         end_ids: every token id that ends a turn (the model's generation config lists
             several for Llama 3, Gemma, ...; the chat template's end-of-turn token too).
     """
 
+    name: str
     tokenizer: Any
     context_window: int
     end_ids: list[int]

@@ -2,10 +2,12 @@
 
 The model runs in a worker process (:mod:`chattune.backends.llama_worker`) that decodes
 every active conversation in one batch and keeps each slot's KV cache for the next turn.
-This side speaks JSON lines to it over two pipes: a reader thread hands each step's
-pieces to the request they belong to. If the worker dies (a crash in native code, the OOM
-killer), every request in flight fails with :class:`BackendCrashed` and the next one
-starts a new worker: the server stays up.
+This side speaks JSON lines to it over two pipes; the requests waiting for pieces take
+turns reading the event pipe and hand each step's pieces to the request they belong to.
+If the worker dies (a crash in native code, the OOM killer), every request in flight fails
+with :class:`BackendCrashed` and the next one starts a new worker: the server stays up. A
+worker that hangs (sends nothing to anyone for ``token_timeout``, or stops reading its
+commands) is killed, which makes it one that died.
 
 Example:
     >>> backend = LlamaCppBackend(Path("bot.gguf"), tokenizer, slots=8)  # doctest: +SKIP
@@ -39,8 +41,10 @@ log = logging.getLogger(__name__)
 
 #: How long a stream reading the pipe waits for data before it looks at its cancel event,
 #: and how long one waiting for the reading thread sleeps before it tries to read itself
-#: (seconds).
-POLL, FOLLOW = 0.02, 0.005
+#: (seconds; a reader that leaves hands its turn over at once, this is a safety net).
+POLL, FOLLOW = 0.02, 0.05
+#: Seconds a command may wait for room in the worker's pipe before the worker counts as hung.
+SEND_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ class _Worker:
     def __init__(self, gguf: Path, settings: WorkerSettings) -> None:
         cmd_r, cmd_w = os.pipe()
         ev_r, ev_w = os.pipe()
-        threads = settings.threads or os.cpu_count() or 1
+        threads = settings.threads or len(os.sched_getaffinity(0))
         args = [sys.executable, "-m", "chattune.backends.llama_worker", "--model", str(gguf),
                 "--commands-fd", str(cmd_r), "--events-fd", str(ev_w),
                 "--slots", str(settings.slots), "--context", str(settings.context),
@@ -77,12 +81,15 @@ class _Worker:
         self.process = subprocess.Popen(args, pass_fds=(cmd_r, ev_w), stdin=subprocess.DEVNULL)
         os.close(cmd_r)
         os.close(ev_w)
-        self.commands = os.fdopen(cmd_w, "wb")
+        os.set_blocking(cmd_w, False)  # a hung worker must not block a sender for ever
+        self.commands = cmd_w
         self.events, self.pending = ev_r, b""  # the event pipe, and a line begun but not ended
+        self.last_event = time.monotonic()  # when the worker last said anything
         self.lock = threading.Lock()  # one writer at a time on the command pipe
         self.reading = threading.Lock()  # one reader at a time on the event pipe
         self.queues: dict[int, queue.Queue[tuple[Any, ...]]] = {}
         self.ended = False  # the event pipe reached its end: the process is gone
+        self.closed = False  # stop() closed both pipes (their numbers may be reused)
         self.gguf, self.start_timeout = gguf, settings.start_timeout
         self.info: dict[str, Any] | None = None
         self.max_batch = 0  # the most conversations one decode has batched
@@ -116,11 +123,33 @@ class _Worker:
 
     def _fill(self, timeout: float) -> None:
         """Read what the pipe has (waiting at most ``timeout`` s) into ``pending``."""
+        if self.ended or self.closed:
+            self.ended = True
+            return
         ready, _, _ = select.select([self.events], [], [], timeout)
         if ready:
             data = os.read(self.events, 1 << 16)
             self.pending += data
-            self.ended = self.ended or not data
+            self.ended = not data
+            self.last_event = time.monotonic()
+
+    def hung(self, seconds: float) -> bool:
+        """Whether the worker, alive, has sent nothing to anyone for ``seconds``."""
+        return self.alive and time.monotonic() - self.last_event >= seconds
+
+    def kill(self, why: str) -> None:
+        """End a hung worker: reading its pipe then fails every request still waiting."""
+        log.error("llama.cpp worker %s: killing it", why)
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)  # so that ``alive`` says so at once
+
+    def hand_over(self) -> None:
+        """A request leaves: wake one that is waiting, so it reads the pipe now."""
+        for inbox in list(self.queues.values()):
+            inbox.put(("lead",))
+            return
 
     def route(self, timeout: float) -> bool:
         """Read and route the worker's events for up to ``timeout`` s, unless another
@@ -140,6 +169,8 @@ class _Worker:
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         self.max_batch = max(self.max_batch, message.get("seqs", 0))
+        for rid in message.get("admitted", []):
+            self._put(rid, ("admitted",))
         for rid, text in message["pieces"]:
             self._put(rid, ("piece", text))
         for rid, reason, n_tokens, n_prefilled in message["done"]:
@@ -160,23 +191,32 @@ class _Worker:
             q.put(item)
 
     def send(self, message: dict[str, Any]) -> None:
-        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        """Write one command; a worker that leaves it unread for SEND_TIMEOUT is killed."""
+        data = memoryview(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        deadline = time.monotonic() + SEND_TIMEOUT
         with self.lock:
-            try:
-                self.commands.write(data)
-                self.commands.flush()
-            except (BrokenPipeError, ValueError):
-                pass  # the process is gone: reading its pipe reports that to every request
+            while data and not self.closed:
+                try:
+                    data = data[os.write(self.commands, data) :]
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not select.select([], [self.commands], [], left)[1]:
+                        return self.kill("reads no commands")
+                except OSError:  # gone: reading its pipe reports that to every request
+                    return
 
     def stop(self) -> None:
-        with self.lock, contextlib.suppress(OSError):
-            self.commands.close()  # the worker exits when its command pipe closes
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            os.close(self.commands)  # the worker exits when its command pipe closes
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        with contextlib.suppress(OSError):
+        with self.reading:  # not while another thread reads it
             os.close(self.events)
 
 
@@ -198,6 +238,8 @@ class LlamaCppBackend:
             loads the tokenizer (a faster cold start).
     """
 
+    name = "llama.cpp"
+
     def __init__(
         self,
         gguf: Path,
@@ -215,7 +257,7 @@ class LlamaCppBackend:
         info = self._worker.wait_ready()
         self.context_window = int(info["context"])
         self.slots = int(info["slots"])
-        self.system_info = str(info["system"])
+        log.debug("llama.cpp worker ready: %s", info["system"])
         self.end_ids = list(dict.fromkeys([*end_of_turn_ids(tokenizer), *info["eog"]]))
         #: per finished request: (prompt tokens, of which prefilled) -- for tests and benches
         self.last_prefill: tuple[int, int] = (0, 0)
@@ -230,8 +272,12 @@ class LlamaCppBackend:
         with self._start_lock:
             if not self._worker.alive:
                 log.warning("starting a new llama.cpp worker")
+                self._worker.stop()  # its pipes
                 self._worker = start_worker(self.gguf, self.settings)
-                self._worker.wait_ready()
+                try:
+                    self._worker.wait_ready()
+                except ModelError as e:  # the next request tries again
+                    raise BackendCrashed(f"the llama.cpp worker could not restart: {e}") from e
             return self._worker
 
     def stream(
@@ -282,8 +328,12 @@ class LlamaCppBackend:
         try:
             while not cancel.is_set():
                 item = _next(inbox, worker)
-                if item is None:
-                    if time.monotonic() - last >= self.token_timeout:
+                if item is None or item[0] in ("lead", "admitted"):
+                    if item is not None and item[0] == "admitted":
+                        last = time.monotonic()  # queueing for a slot is not a silence
+                    elif time.monotonic() - last >= self.token_timeout:
+                        if worker.hung(self.token_timeout):
+                            worker.kill(f"sent nothing for {self.token_timeout:g} s")
                         raise BackendTimeout(
                             f"no token for {self.token_timeout:g} s; generation abandoned"
                         )
@@ -302,6 +352,7 @@ class LlamaCppBackend:
                 raise BackendCrashed(f"the llama.cpp worker died ({item[1]}); retry")
         finally:
             worker.queues.pop(rid, None)
+            worker.hand_over()
             if not finished:
                 worker.send({"op": "cancel", "id": rid})
 

@@ -24,8 +24,9 @@ parent →   ``{"op": "generate", "id", "prompt": [ids], "max_tokens", "sampling
 ← worker   ``{"op": "ready", "context", "slots", "vocab", "eog": [ids], "system"}``
            once; ``{"op": "fatal", "error"}`` if the model cannot load;
            ``{"op": "step", "pieces": [[id, text]], "done": [[id, reason, n_tokens,
-           n_prefilled]], "errors": [[id, message]], "seqs": n}`` after every decode
-           (``seqs``: how many conversations that decode batched).
+           n_prefilled]], "errors": [[id, message]], "seqs": n, "admitted": [id]}``
+           after every decode (``seqs``: how many conversations it batched;
+           ``admitted``: requests that got a slot).
 =========  ====================================================================
 """
 
@@ -131,6 +132,7 @@ class Worker:
         self.done: list[list[Any]] = []
         self.errors: list[list[Any]] = []
         self.seqs = 0  # sequences in the last batch
+        self.admitted: list[int] = []  # requests that got a slot this step
         self.piece = ctypes.create_string_buffer(PIECE_BYTES)
         self.eog = [t for t in range(self.n_vocab) if L.llama_vocab_is_eog(self.vocab, t)]
 
@@ -159,8 +161,9 @@ class Worker:
         """Send what this step produced (if anything) and start the next report."""
         if self.pieces or self.done or self.errors:
             self.send({"op": "step", "pieces": self.pieces, "done": self.done,
-                       "errors": self.errors, "seqs": self.seqs})  # fmt: skip
-        self.pieces, self.done, self.errors = [], [], []
+                       "errors": self.errors, "seqs": self.seqs,
+                       "admitted": self.admitted})  # fmt: skip
+        self.pieces, self.done, self.errors, self.admitted = [], [], [], []
 
     def handle(self, message: dict[str, Any]) -> None:
         """Queue a request, or cancel one; a request it cannot run is reported an error."""
@@ -214,7 +217,12 @@ class Worker:
             slot.cached = slot.cached[:keep]
             request.pending = request.prompt[keep:]
             request.n_prefilled = len(request.pending)
-            request.sampler = self.make_sampler(request)
+            try:
+                request.sampler = self.make_sampler(request)
+            except Exception as e:  # a setting llama.cpp refuses fails this request only
+                self.errors.append([request.id, f"sampler: {e}"])
+                continue
+            self.admitted.append(request.id)
             slot.request, slot.used, slot.prompt_len = (
                 request,
                 time.monotonic(),
@@ -242,8 +250,10 @@ class Worker:
         chain = L.llama_sampler_chain_init(params)
         penalty = float(s.get("repetition_penalty", 1.0))
         if penalty != 1.0:
-            # over the whole context (-1) as transformers does; the prompt counts too
-            L.llama_sampler_chain_add(chain, L.llama_sampler_init_penalties(-1, penalty, 0, 0))
+            # over the whole context, prompt included, as transformers does (llama.cpp
+            # clamps a last_n of -1 to 0: off)
+            penalties = L.llama_sampler_init_penalties(self.n_vocab, self.context, penalty, 0, 0)
+            L.llama_sampler_chain_add(chain, penalties)
             for token in request.prompt:
                 L.llama_sampler_accept(chain, token)
         if not s.get("do_sample"):
@@ -254,7 +264,8 @@ class Worker:
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(int(s["top_k"])))
         if float(s.get("top_p", 1.0)) < 1.0:
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(float(s["top_p"]), 1))
-        seed = int(s.get("seed", 0)) & 0xFFFFFFFF  # llama.cpp seeds are 32-bit
+        # llama.cpp seeds are 32-bit, and 0xFFFFFFFF means "draw a random seed"
+        seed = int(s.get("seed", 0)) % 0xFFFFFFFF
         L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed))
         return chain
 
@@ -356,7 +367,11 @@ def read_commands(source: BinaryIO, inbox: queue.Queue[dict[str, Any] | None]) -
     """Parent's commands, one JSON object a line, into ``inbox``; None when the parent
     closes the pipe (then the worker exits)."""
     for line in source:
-        inbox.put(json.loads(line))
+        try:
+            inbox.put(json.loads(line))
+        except ValueError:  # not our parent's protocol: stop (the parent starts a new one)
+            sys.stderr.write(f"llama worker: unreadable command {line[:80]!r}\n")
+            break
     inbox.put(None)
 
 
@@ -372,7 +387,10 @@ def serve(worker: Worker, inbox: queue.Queue[dict[str, Any] | None]) -> None:
         for message in messages:
             if message is None:
                 return
-            worker.handle(message)
+            try:
+                worker.handle(message)
+            except (KeyError, TypeError, ValueError) as e:  # a malformed request: refuse it
+                worker.errors.append([message.get("id"), f"bad request: {e!r}"])
         if worker.active():
             worker.step()
         else:
@@ -401,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-fd", type=int, required=True)
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--context", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--flash-attn", type=int, default=1)
     args = parser.parse_args(argv)

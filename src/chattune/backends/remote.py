@@ -105,6 +105,8 @@ class OpenAIBackend:
         token_timeout: seconds without a byte from the server before :class:`BackendTimeout`.
     """
 
+    name = "openai"
+
     def __init__(
         self,
         tokenizer: Any,

@@ -33,6 +33,8 @@ class TransformersBackend:
     ``token_timeout`` seconds for each piece, so no failure can leave a caller waiting.
     """
 
+    name = "transformers"
+
     def __init__(self, model: Any, tokenizer: Any, token_timeout: float = 120.0) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer

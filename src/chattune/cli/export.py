@@ -13,9 +13,8 @@ from pydantic import Field, model_validator
 
 from chattune.cli.command import Command
 from chattune.config import FieldProblem, Section
+from chattune.model.export import Dtype
 from chattune.model.gguf import Quant
-
-Dtype = Literal["float32", "bfloat16", "float16"]
 
 
 class ExportConfig(Section):

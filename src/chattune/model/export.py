@@ -82,6 +82,8 @@ def export_model(
 ) -> Path:
     """Export ``spec`` as a merged folder or a GGUF file (with an Ollama Modelfile)."""
     resolve(spec)  # a bad model fails before anything is written
+    if profile is not None:
+        _modelfile_system(profile)  # so does a profile the Modelfile cannot hold
     if fmt == "merged":
         return merge(spec, output, dtype)
     if output.suffix != ".gguf":
@@ -118,9 +120,9 @@ def write_modelfile(folder: Path, gguf: Path, profile: Any = None) -> Path:
     for token in dict.fromkeys(tokenizer.convert_ids_to_tokens(ends)):
         lines.append(f"PARAMETER stop {json.dumps(token)}")
     if profile is not None:
-        system = profile.system_message()
+        system = _modelfile_system(profile)
         if system is not None:
-            lines.append(f'SYSTEM """{system.content}"""')
+            lines.append(f'SYSTEM """{system}"""')
         g = profile.generation
         temperature = g.temperature if g.do_sample else 0
         lines += [f"PARAMETER temperature {temperature}", f"PARAMETER top_p {g.top_p}",
@@ -129,6 +131,15 @@ def write_modelfile(folder: Path, gguf: Path, profile: Any = None) -> Path:
     path = modelfile_path(gguf)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _modelfile_system(profile: Any) -> str | None:
+    """The profile's system turn for the Modelfile's triple-quoted ``SYSTEM``, which has no
+    escapes: a prompt holding three double quotes is refused."""
+    system = profile.system_message()
+    if system is not None and '"""' in system.content:
+        raise ModelError('--profile: a system prompt holding """ cannot go in a Modelfile')
+    return system.content if system is not None else None
 
 
 def _is_chatml(tokenizer: Any) -> bool:

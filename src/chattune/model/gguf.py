@@ -121,16 +121,6 @@ def _quantize_main(argv: list[str]) -> int:
     return 1 if code != 0 else 0
 
 
-def which_llama_cpp() -> str | None:
-    """The installed llama-cpp-python's version, or None (without importing it)."""
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("llama-cpp-python")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 __all__ = ["Quant", "context_length", "convert", "quantize", "read_metadata", "write_gguf"]
 
 if __name__ == "__main__":

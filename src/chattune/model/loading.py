@@ -15,6 +15,7 @@ so later loads take a second or two.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -22,6 +23,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +108,16 @@ def _gguf_cache_folder(gguf: Path) -> Path:
     return cache_dir() / "gguf" / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
 
 
+@contextlib.contextmanager
+def _alone(gguf: Path) -> Iterator[tuple[Path, str]]:
+    """(folder, file name) of ``gguf`` linked into an empty folder: given the folder the file
+    lies in, transformers mixes in the tokenizer and config files beside it (a GGUF exported
+    into its run folder lost its EOS token and chat template that way)."""
+    with tempfile.TemporaryDirectory(prefix="chattune-gguf-") as tmp:
+        (Path(tmp) / "model.gguf").symlink_to(gguf.resolve())
+        yield Path(tmp), "model.gguf"
+
+
 def gguf_to_folder(gguf: Path) -> Path:
     """Dequantize a GGUF file once into a cached safetensors folder; return the folder.
 
@@ -118,8 +130,9 @@ def gguf_to_folder(gguf: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to safetensors (once; cached in %s)", gguf.name, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with _alone(gguf) as (folder, name):
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
     # The weights are dequantized float32 now; forget the GGUF origin so they save as such.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -171,15 +184,10 @@ def gguf_tokenizer(gguf: Path) -> Any:
     if not (target / "tokenizer_config.json").exists():
         from transformers import AutoTokenizer
 
+        with _alone(gguf) as (folder, name):
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-        # The file alone in a folder: transformers would otherwise mix in tokenizer files
-        # lying beside it (a GGUF exported into its run folder lost its EOS and template).
-        alone = tmp / "alone"
-        alone.mkdir()
-        (alone / "model.gguf").symlink_to(gguf.resolve())
-        tokenizer = AutoTokenizer.from_pretrained(alone, gguf_file="model.gguf")
-        shutil.rmtree(alone)
         tokenizer.save_pretrained(tmp)
         try:
             os.replace(tmp, target)

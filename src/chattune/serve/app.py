@@ -192,13 +192,8 @@ async def health(request: Request) -> dict[str, str]:
 async def models(request: Request, _: Owner) -> dict[str, Any]:
     backend = request.app.state.service.engine.backend
     model = {"id": request.app.state.model_name, "object": "model", "owned_by": "chattune",
-             "backend": _BACKENDS.get(type(backend).__name__, type(backend).__name__)}  # fmt: skip
+             "backend": getattr(backend, "name", type(backend).__name__)}  # fmt: skip
     return {"object": "list", "data": [model]}
-
-
-#: ``/v1/models``' ``backend`` field: what generates the tokens.
-_BACKENDS = {"TransformersBackend": "transformers", "LlamaCppBackend": "llama.cpp",
-             "OpenAIBackend": "openai"}  # fmt: skip
 
 
 def _events(opened: tuple[AsyncIterator[str], Ticket]) -> GuardedStreamingResponse:

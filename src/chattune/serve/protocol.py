@@ -182,7 +182,8 @@ TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 class CompletionRequest(SamplingRequest):
     """OpenAI's legacy ``/v1/completions``: one prompt, continued exactly as given.
 
-    ``prompt`` is a string (tokenized without special tokens) or one list of token ids, so
+    ``prompt`` is a string (tokenized as it is: no BOS or EOS added; control tokens written in the
+    text become control ids, as in a raw prompt they must) or one list of token ids, so
     a client that renders its own chat template (another chattune, with
     ``chattune.backends.remote``) sends the very ids its model must see. A list of several
     prompts is refused rather than half-served; so are ``n`` > 1, ``echo``, ``logprobs``,

@@ -179,7 +179,7 @@ class ChatService:
 
     def prepare_text(self, req: CompletionRequest, max_tokens: int) -> PreparedRequest:
         """A text completion's prompt: the client's ids (each checked against the
-        vocabulary) or its text tokenized without special tokens; 400 naming ``prompt`` or
+        vocabulary) or its text tokenized as written (no BOS/EOS added); 400 naming ``prompt`` or
         ``max_tokens`` if they do not fit the context."""
         tokenizer, context = self.engine.tokenizer, self.engine.backend.context_window
         if isinstance(req.prompt, str):
