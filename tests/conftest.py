@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,6 +211,31 @@ class FakeBackend:
         self.prompts += prompts
         text = "".join(self.pieces)
         return [Generated(text, True, len(self.pieces)) for _ in prompts]
+
+
+class GateBackend(FakeBackend):
+    """Yields one piece, then waits until released or cancelled; counts what happened.
+
+    No sleeps: tests wait on its events, so "in flight" means in flight.
+    """
+
+    def __init__(self, tokenizer, fail_after_first: bool = False) -> None:
+        super().__init__(tokenizer, [])
+        self.started, self.release, self.cancelled = (threading.Event() for _ in range(3))
+        self.fail_after_first = fail_after_first
+        self.calls = 0
+
+    def stream(self, prompt_ids, options, stop, cancel):
+        self.calls += 1
+        yield "first"
+        self.started.set()
+        if self.fail_after_first:
+            raise RuntimeError("the model broke")
+        while not self.release.wait(0.01):
+            if cancel.is_set():
+                self.cancelled.set()
+                return
+        yield " last"
 
 
 def free_port() -> int:

@@ -28,34 +28,10 @@ from chattune.data.types import Message
 from chattune.model.generation import GenerationOptions
 from chattune.serve.app import build_app
 from chattune.serve.store import Store
-from tests.conftest import ROOT, FakeBackend, free_port, live_server
+from tests.conftest import ROOT, FakeBackend, GateBackend, free_port, live_server
 
 KEY = "sk-remote"
 BEARER = {"Authorization": f"Bearer {KEY}"}
-
-
-class Gate(FakeBackend):
-    """Yields one piece, then waits until released or cancelled; records what it was asked.
-
-    No sleeps: tests wait on its events, so "in flight" means in flight.
-    """
-
-    def __init__(self, tokenizer, fail: bool = False) -> None:
-        super().__init__(tokenizer, [])
-        self.started, self.release, self.cancelled = (threading.Event() for _ in range(3))
-        self.fail = fail
-
-    def stream(self, prompt_ids, options, stop, cancel):
-        self.prompts.append(prompt_ids)
-        yield "first"
-        self.started.set()
-        if self.fail:
-            raise RuntimeError("the model broke")
-        while not self.release.wait(0.01):
-            if cancel.is_set():
-                self.cancelled.set()
-                return
-        yield " last"
 
 
 class Recording(FakeBackend):
@@ -223,13 +199,15 @@ def test_completions_need_a_key(client):
 
 
 def test_failures_after_the_200_and_deadlines(tokenizer, tmp_path):
-    client = TestClient(make_app(Gate(tokenizer, fail=True), tmp_path), "http://127.0.0.1")
+    client = TestClient(
+        make_app(GateBackend(tokenizer, fail_after_first=True), tmp_path), "http://127.0.0.1"
+    )
     with client.stream(
         "POST", "/v1/completions", headers=BEARER, json={"prompt": "x", "stream": True}
     ) as r:
         last = json.loads([x for x in r.iter_lines() if x][-1].removeprefix("data: "))
     assert last["error"]["type"] == "server_error" and "broke" not in last["error"]["message"]
-    gate = Gate(tokenizer)
+    gate = GateBackend(tokenizer)
     slow = TestClient(make_app(gate, tmp_path, request_timeout=0.3), "http://127.0.0.1")
     r = slow.post("/v1/completions", json={"prompt": "x"}, headers=BEARER)
     assert r.status_code == 408 and r.json()["error"]["code"] == "request_timeout"
@@ -239,7 +217,7 @@ def test_failures_after_the_200_and_deadlines(tokenizer, tmp_path):
 def test_a_full_server_answers_429_and_a_disconnect_frees_the_slot(tokenizer, tmp_path):
     import httpx
 
-    gate = Gate(tokenizer)
+    gate = GateBackend(tokenizer)
     app = make_app(gate, tmp_path, max_concurrency=1, max_queue=0)
     slots = app.state.service.slots
     with (
@@ -442,7 +420,7 @@ def test_cancel_stops_the_remote_generation(tokenizer, tmp_path):
 
 
 def test_a_silent_server_times_out_and_is_told_so(tokenizer, tmp_path):
-    gate = Gate(tokenizer)
+    gate = GateBackend(tokenizer)
     with live_server(make_app(gate, tmp_path)) as url:
         backend = OpenAIBackend(
             tokenizer,
@@ -481,7 +459,7 @@ def test_failures_are_backend_errors_naming_the_server(
     with pytest.raises(BackendError, match=r"HTTP 400.*vocabulary"):
         backend.generate([[1, 5], [1, 999]], GenerationOptions(max_new_tokens=2), [])
     with (
-        live_server(make_app(Gate(tokenizer, fail=True), tmp_path)) as broken,
+        live_server(make_app(GateBackend(tokenizer, fail_after_first=True), tmp_path)) as broken,
         pytest.raises(BackendError, match="internal error while generating"),
     ):
         list(remote(local, broken).stream([1], GenerationOptions(), [], threading.Event()))
@@ -607,7 +585,7 @@ def test_a_chattune_in_front_of_a_failing_server_answers_502_and_504(tokenizer, 
     body = {"messages": [{"role": "user", "content": "Hi"}]}
     answer = client.post("/v1/chat/completions", json=body)
     assert answer.status_code == 502 and dead in answer.json()["error"]["message"]
-    gate = Gate(tokenizer)
+    gate = GateBackend(tokenizer)
     with live_server(make_app(gate, tmp_path)) as url:
         slow = OpenAIBackend(tokenizer, url, model="tiny", api_key=KEY, context_window=4096,
                              end_ids=[2], token_timeout=0.5)  # fmt: skip

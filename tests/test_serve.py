@@ -14,38 +14,13 @@ from fastapi.testclient import TestClient
 from chattune.chat.engine import ChatEngine
 from chattune.serve.app import build_app
 from chattune.serve.store import Store
-from tests.conftest import FakeBackend, live_server
+from tests.conftest import FakeBackend, GateBackend, live_server
 
 KEYS = ["key-alice", "key-bob"]
 
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-class GateBackend(FakeBackend):
-    """Yields one piece, then waits until released or cancelled; counts what happened.
-
-    No sleeps: tests wait on its events, so "in flight" means in flight.
-    """
-
-    def __init__(self, tokenizer, fail_after_first: bool = False) -> None:
-        super().__init__(tokenizer, [])
-        self.started, self.release, self.cancelled = (threading.Event() for _ in range(3))
-        self.fail_after_first = fail_after_first
-        self.calls = 0
-
-    def stream(self, prompt_ids, options, stop, cancel):
-        self.calls += 1
-        yield "first"
-        self.started.set()
-        if self.fail_after_first:
-            raise RuntimeError("the model broke")
-        while not self.release.wait(0.01):
-            if cancel.is_set():
-                self.cancelled.set()
-                return
-        yield " last"
 
 
 @pytest.fixture
