@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 from chattune.errors import ModelError
 from chattune.model.gguf import Quant, write_gguf
-from chattune.model.loading import load_model, resolve
+from chattune.model.loading import load_model, resolve, save_folder
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +57,7 @@ def merge(spec: str, output: Path, dtype: Dtype = "float32") -> Path:
     model.generation_config.eos_token_id = ends if len(ends) > 1 else ends[0]
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=output.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    save_folder(output, model, tokenizer)
     log.info("merged %s into %s (end-of-turn ids %s)", spec, output, ends)
     return output
 

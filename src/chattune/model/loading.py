@@ -137,16 +137,27 @@ def gguf_to_folder(gguf: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    try:
+        save_folder(target, model, tokenizer)
+    except OSError:
+        if not (target / "config.json").exists():  # another process may have won the race
+            raise
+    return target
+
+
+def save_folder(target: Path, *parts: Any) -> Path:
+    """``save_pretrained`` each part (a model, a tokenizer) into a temporary folder beside
+    ``target``, then rename it into place: an interrupted write never leaves a half-written
+    folder. Fails (OSError) if ``target`` exists by then."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        for part in parts:
+            part.save_pretrained(tmp)  # models: safetensors, transformers' only format now
         os.replace(tmp, target)
-    except OSError:
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").exists():  # another process may have won the race
-            raise
+        raise
     return target
 
 
@@ -186,13 +197,8 @@ def gguf_tokenizer(gguf: Path) -> Any:
 
         with _alone(gguf) as (folder, name):
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-        tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process cached it first
-            shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):  # another process cached it first
+            save_folder(target, tokenizer)
     return load_tokenizer(target)
 
 
