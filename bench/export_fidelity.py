@@ -42,8 +42,7 @@ def greedy_ids(spec: str, tokens: int, **settings: object) -> list[list[int]]:
     replies = engine.generate([[Message("user", p)] for p in PROMPTS],
                               GenerationOptions(max_new_tokens=tokens))  # fmt: skip
     ids = [engine.tokenizer(r.text, add_special_tokens=False)["input_ids"] for r in replies]
-    if hasattr(engine.backend, "close"):
-        engine.backend.close()
+    engine.backend.close()
     return ids
 
 

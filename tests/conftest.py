@@ -205,6 +205,9 @@ class FakeBackend:
                 return
             yield p
 
+    def close(self) -> None:
+        pass
+
     def generate(self, prompts, options, stop):
         from chattune.model.generation import Generated
 

@@ -61,3 +61,7 @@ class Backend(Protocol):
     ) -> list[Generated]:
         """Whole replies for several prompts at once (evaluation, side-by-side views)."""
         ...
+
+    def close(self) -> None:
+        """Give back what the backend holds beyond memory (a worker process, connections)."""
+        ...

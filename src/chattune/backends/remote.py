@@ -158,6 +158,10 @@ class OpenAIBackend:
                 if text:
                     yield text
 
+    def close(self) -> None:
+        """Close the HTTP connections to the server."""
+        self.client.close()
+
     def generate(
         self, prompts: list[list[int]], options: GenerationOptions, stop: list[str]
     ) -> list[Generated]:

@@ -109,6 +109,9 @@ class TransformersBackend:
             results.append(Generated(text, end is not None, len(new)))
         return results
 
+    def close(self) -> None:
+        """Nothing to give back: the model is freed with the backend."""
+
     def _generate(
         self,
         prompts: list[list[int]],

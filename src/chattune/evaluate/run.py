@@ -77,14 +77,17 @@ def evaluate_model(spec: str, examples: list[TurnExample], settings: EvalSetting
         del model  # the replies come from elsewhere: free the memory first
         backend = open_backend(spec, settings.backend)
     engine = ChatEngine(backend, settings.profile)
-    replies = generate_replies(
-        engine,
-        examples,
-        settings.profile.generation,
-        settings.batch_size,
-        settings.progress,
-        desc=f"generate {spec}",
-    )
+    try:
+        replies = generate_replies(
+            engine,
+            examples,
+            settings.profile.generation,
+            settings.batch_size,
+            settings.progress,
+            desc=f"generate {spec}",
+        )
+    finally:
+        backend.close()  # a llama.cpp worker would otherwise live on beside the next model's
     records = make_records(
         [e.id for e in examples],
         [e.reference for e in examples],
