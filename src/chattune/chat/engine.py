@@ -7,8 +7,9 @@ API and the web page; batched for ``generate``, ``eval``, ``rate`` and evaluatio
 training. So every reply, served or evaluated, sees the same bot profile (system prompt,
 persona, few-shot examples, stop strings, generation defaults) and the same history budget.
 
-With a knowledge base, :meth:`ChatEngine.ground` first decides how a turn is grounded
-(passages in a quoted context block, a stored FAQ answer, or "I don't know").
+Every reply starts with :meth:`ChatEngine.decide` (see :mod:`chattune.chat.routing`): the
+NLU's analysis and the profile's routes pick a fixed reply (template, handoff message, FAQ
+answer, "I don't know") or what the model is given (retrieved passages, or nothing).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from typing import Any
 
 from chattune.backends.base import Backend
 from chattune.chat.profile import BotProfile
+from chattune.chat.routing import Decision, decide
 from chattune.data.render import generation_prompt_ids, keep_newest, neutralise_messages
 from chattune.data.types import Message
-from chattune.errors import ChattuneError
+from chattune.errors import ChattuneError, ConfigError
 from chattune.knowledge.grounding import Grounding, Knowledge
 from chattune.model.generation import Generated, GenerationOptions
+from chattune.nlu.pipeline import NLU
 
 log = logging.getLogger(__name__)
 
@@ -50,26 +53,38 @@ def split_system(messages: list[Message]) -> tuple[str | None, list[Message]]:
 
 
 class ChatEngine:
-    """Prompt building, history budget, streaming and batched replies for one model and
-    one profile."""
+    """Routing, prompt building, history budget, streaming and batched replies for one
+    model and one profile.
+
+    ``nlu`` defaults to one built from the profile's ``nlu`` section when the profile has
+    routes or an intent model (loading the model: about a second).
+    """
 
     def __init__(
         self,
         backend: Backend,
         profile: BotProfile | None = None,
         knowledge: Knowledge | None = None,
+        nlu: NLU | None = None,
     ) -> None:
         self.backend = backend
-        self.profile = profile or BotProfile()
+        self.profile = p = profile or BotProfile()
         self.knowledge = knowledge
+        if nlu is None and (p.routes or p.nlu.model):
+            nlu = NLU(p.nlu)
+        self.nlu = nlu
+        if knowledge is None and any(r.action_name == "knowledge" for r in p.routes):
+            raise ConfigError("--profile: a route has action 'knowledge' but there is no "
+                              "knowledge base; pass --kb DIR")  # fmt: skip
 
     @property
     def tokenizer(self) -> Any:
         return self.backend.tokenizer
 
-    def ground(self, history: list[Message]) -> Grounding | None:
-        """Retrieve for this turn (the conversation so far); None without a knowledge base."""
-        return self.knowledge.ground(history) if self.knowledge else None
+    def decide(self, history: list[Message]) -> Decision:
+        """Where this turn goes (the conversation so far, ending with a user turn)."""
+        p = self.profile
+        return decide(history, p.routes, self.nlu, self.knowledge, p.handoff)
 
     def options(self, **overrides: Any) -> GenerationOptions:
         """The profile's generation defaults with per-request overrides (``None`` = default)."""
@@ -126,19 +141,22 @@ class ChatEngine:
         cancel: threading.Event | None = None,
         stop: list[str] | None = None,
         prompt_ids: list[int] | None = None,
-        grounding: Grounding | None = None,
+        decision: Decision | None = None,
     ) -> Iterator[str]:
         """Yield the reply in pieces; stops at a stop string, an end id, max tokens or
         ``cancel``.
 
         ``stop`` adds to the profile's stop strings; ``prompt_ids`` skips rebuilding a
-        prompt the caller already built with :meth:`build_prompt`; a ``grounding`` from
-        :meth:`ground` adds its context, or is the whole reply (FAQ answer, "don't know").
+        prompt the caller already built with :meth:`build_prompt`; a ``decision`` from
+        :meth:`decide` (made here if not given) is the whole reply if it has a fixed one,
+        else its grounding's context goes into the prompt.
         """
-        if grounding and grounding.reply is not None:
-            yield grounding.reply
+        decision = decision or self.decide(history)
+        if decision.reply is not None:
+            yield decision.reply
             return
         options = options or self.profile.generation
+        grounding = decision.grounding
         prompt = prompt_ids or self.build_prompt(history, options, system, grounding)[0]
         stops = [*self.profile.stop, *(stop or [])]
         # Hold back as many characters as a stop string could have begun with, so a stop
@@ -166,8 +184,8 @@ class ChatEngine:
     ) -> list[Generated]:
         """Replies to several conversations (each ending with a user turn) in one batch.
 
-        The batched twin of :meth:`stream`: same profile, grounding, budget and stop
-        strings. A conversation's own system turns replace the profile's system prompt.
+        The batched twin of :meth:`stream`: same profile, routing, grounding, budget and
+        stop strings. A conversation's own system turns replace the profile's system prompt.
         """
         options = options or self.profile.generation
         stops = list(self.profile.stop)
@@ -175,11 +193,11 @@ class ChatEngine:
         prompts: dict[int, list[int]] = {}
         for i, messages in enumerate(conversations):
             system, history = split_system(messages)
-            grounding = self.ground(history)
-            if grounding and grounding.reply is not None:  # FAQ answer or "don't know"
-                results[i] = Generated(grounding.reply, True, 0)
+            decision = self.decide(history)
+            if decision.reply is not None:  # template, handoff, FAQ answer, "don't know"
+                results[i] = Generated(decision.reply, True, 0)
             else:
-                prompts[i] = self.build_prompt(history, options, system, grounding)[0]
+                prompts[i] = self.build_prompt(history, options, system, decision.grounding)[0]
         if prompts:
             replies = self.backend.generate(list(prompts.values()), options, stops)
             for i, reply in zip(prompts, replies, strict=True):

@@ -9,19 +9,29 @@ examples:                      # few-shot turns placed before the conversation
 generation: {max_new_tokens: 160, temperature: 0.7}
 stop: ["\\nUser:"]
 knowledge: {k: 3, faq_answers: verbatim}   # used with --kb DIR (see knowledge.grounding)
+nlu: {model: runs/nlu, gazetteer: {product: [Ridgeline 2]}}   # see nlu.pipeline
+routes:                        # first match wins (see nlu.router)
+  - {intent: human_agent, action: handoff}
+  - {intent: "faq_*", action: knowledge}
+  - {default: llm}
+handoff: {message: "A person from our team will answer you here shortly."}
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from chattune.chat.routing import HandoffSettings
 from chattune.config import format_validation_error, load_yaml
 from chattune.data.types import Message
 from chattune.errors import ConfigError
 from chattune.knowledge.grounding import KnowledgeSettings
 from chattune.model.generation import GenerationOptions
+from chattune.nlu.router import Route
+from chattune.nlu.settings import NluSettings
 
 
 class Example(BaseModel):
@@ -42,6 +52,9 @@ class BotProfile(BaseModel):
     generation: GenerationOptions = Field(default_factory=GenerationOptions)
     stop: list[str] = Field(default_factory=list)
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
+    nlu: NluSettings = Field(default_factory=NluSettings)
+    routes: list[Route] = Field(default_factory=list, max_length=200)
+    handoff: HandoffSettings = Field(default_factory=HandoffSettings)
 
     def system_message(self, override: str | None = None) -> Message | None:
         """The system turn: the prompt (or ``override``) followed by the persona facts."""
@@ -57,12 +70,41 @@ class BotProfile(BaseModel):
 
 
 def load_profile(path: str | Path | None) -> BotProfile:
-    """Read a profile YAML file; no path gives the default (empty) profile."""
+    """Read a profile YAML file; no path gives the default (empty) profile.
+
+    ``extends: base.yaml`` (a path relative to this file) starts from another profile: this
+    file's sections replace the base's, and its ``nlu``, ``knowledge``, ``handoff`` and
+    ``generation`` keys replace only the keys they name. So a support bot's routing profile
+    can extend the profile its model was trained with and never drift from its prompt.
+    """
     if path is None:
         return BotProfile()
     p = Path(path)
-    data = load_yaml(p, "--profile")
+    data = _with_bases(p, [])
     try:
         return BotProfile.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"--profile {p}: " + format_validation_error(e)) from None
+
+
+_MERGED = ("nlu", "knowledge", "handoff", "generation")
+
+
+def _with_bases(path: Path, seen: list[Path]) -> dict[str, Any]:
+    """The profile's YAML with every ``extends`` resolved (bases first)."""
+    if path.resolve() in seen:
+        chain = " -> ".join(str(s) for s in [*seen, path.resolve()])
+        raise ConfigError(f"--profile: 'extends' loops: {chain}")
+    data = load_yaml(path, "--profile")
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"--profile {path}: 'extends' must be the path of another profile")
+    merged = _with_bases(path.parent / base, [*seen, path.resolve()])
+    for key, value in data.items():
+        if key in _MERGED and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged

@@ -34,6 +34,7 @@ class ChatConfig(Section):
     bot: BotSection = Field(default_factory=BotSection)
     backend: BackendSettings = backend_field()
     generation: GenerationOverrides = Field(default_factory=GenerationOverrides)  # type: ignore[valid-type]
+    verbose: bool = Field(False, description="show each turn's routing decision")
 
 
 def _lines(interactive: bool) -> Iterator[str]:
@@ -60,14 +61,21 @@ def cmd_chat(cfg: ChatConfig) -> int:
     profile = load_bot(cfg.bot, cfg.generation)
     engine = engine_for(cfg.model, profile, knowledge(cfg.kb, profile), cfg.backend)
     interactive = sys.stdin.isatty()
-    run_chat(engine, _lines(interactive), _write, interactive)
+    run_chat(engine, _lines(interactive), _write, interactive, cfg.verbose)
     return 0
 
 
 CHAT = Command(
     "chat",
     ChatConfig,
-    {"--model": "model", "--kb": "kb", **BOT_FLAGS, **BACKEND_FLAGS, **GENERATION_FLAGS},
+    {
+        "--model": "model",
+        "--kb": "kb",
+        "--verbose": "verbose",
+        **BOT_FLAGS,
+        **BACKEND_FLAGS,
+        **GENERATION_FLAGS,
+    },
     cmd_chat,
 )
 COMMANDS = [CHAT]
