@@ -41,6 +41,8 @@ REQUIRED = {
     "kb rebuild": ["--kb", "kb"],
     "kb search": ["query", "--kb", "kb"],
     "kb eval": ["--kb", "kb", "--data", "q.jsonl"],
+    "nlu train": ["--data", "x.csv", "--output", "nlu"],
+    "nlu eval": ["--model", "nlu", "--data", "x.csv"],
 }
 
 
@@ -59,7 +61,8 @@ def test_command_table_is_complete_and_maps_every_flag_to_a_field() -> None:
 def test_every_flag_sets_its_field() -> None:
     """Each named flag, given a value, changes its field in the validated config."""
     values = {int: "9", float: "0.5", str: "x"}
-    special = {"--max-body-bytes": "4096", "--output": "y.gguf"}  # fields "9" or "x" fail
+    special = {"--max-body-bytes": "4096", "--output": "y.gguf",  # fields "9" or "x" fail
+               "--handoff-webhook": "http://127.0.0.1:9/hook"}  # fmt: skip
     for name, command in COMMANDS.items():
         base = [*name.split(), *REQUIRED.get(name, [])]
         for flag, dotted in command.flags.items():

@@ -40,11 +40,13 @@ from chattune.chat.engine import ChatEngine
 from chattune.serve.app import build_app
 from chattune.serve.protocol import MAX_STOP, MAX_STOP_CHARS, ServeOptions
 from chattune.serve.schema import owner_of
-from chattune.serve.store import Store
+from chattune.serve.store import Handoff, Store
 from tests.conftest import FakeBackend
 
 KEY = "sk-fuzz"
 VALID = {"Authorization": f"Bearer {KEY}"}
+AGENT_KEY = "sk-fuzz-agent"
+AGENT = {"Authorization": f"Bearer {AGENT_KEY}"}
 #: A header value requests will send: latin-1, no control characters, no leading space.
 JUNK = st.from_regex(r"[!-~\xa1-\xff][ -~\xa0-\xff]{0,40}", fullmatch=True)
 AUTH_KINDS = {
@@ -158,11 +160,16 @@ class Fuzz:
             suppress_health_check=list(HealthCheck),
         )
         def one(case: schemathesis.Case, auth: dict[str, str], target: str, usable: str) -> None:
+            agents = operation.path.startswith("/v1/handoffs")
             if usable != "as generated":
                 make_usable(case.body, stream=usable == "stream")
             if target != "generated":
-                self.aim(case, owner_of(KEY) if target == "own" else owner_of("sk-someone-else"))
-            self.send(case, auth, foreign=target == "foreign" and auth == VALID)
+                self.aim(case, owner_of(KEY) if target == "own" else owner_of("sk-someone-else"),
+                         hand_off=agents)  # fmt: skip
+            if agents and auth == VALID:  # the agents' routes take the agent key
+                auth = AGENT
+            # agents see every owner's handed-off conversations: a 2xx is right there
+            self.send(case, auth, foreign=target == "foreign" and auth == VALID and not agents)
 
         one()
 
@@ -194,10 +201,13 @@ class Fuzz:
         for problem in found:
             self.note(f"{status} {problem}", case, headers, status, content.decode())
 
-    def aim(self, case: schemathesis.Case, owner: str) -> None:
-        """Point the case at a fresh conversation of ``owner``, with one exchange in it."""
+    def aim(self, case: schemathesis.Case, owner: str, hand_off: bool = False) -> None:
+        """Point the case at a fresh conversation of ``owner``, with one exchange in it
+        (handed off to a person for the agents' routes)."""
         conversation = self.store.create_conversation(owner, "fuzz")["id"]
         message = self.store.append_exchange(owner, conversation, "Hi", "Hello there")
+        if hand_off:
+            self.store.hand_off(owner, conversation, Handoff("fuzz"))
         params = case.path_parameters or {}
         if "conversation_id" in params:
             params["conversation_id"] = conversation
@@ -268,7 +278,7 @@ def served_schema(app: Any) -> schemathesis.BaseSchema:
 def test_fuzz_openapi(tokenizer, tmp_path: Path) -> None:
     engine = ChatEngine(FakeBackend(tokenizer, ["Hello", " there"]))
     store = Store(str(tmp_path / "fuzz.db"))
-    app = build_app(engine, store, "tiny", [KEY], docs=True)
+    app = build_app(engine, store, "tiny", [KEY], [AGENT_KEY], docs=True)
     schema = served_schema(app)
     fuzz = Fuzz(store)
     labels = []

@@ -2,7 +2,8 @@
 
 A reply made of markup is shown as text and runs nothing; the page needs no inline code (no
 CSP violation, no script error); the API key stays in the tab unless the user asks to
-remember it; thumbs are drawn icons that record feedback; a conversation can be deleted.
+remember it; thumbs are drawn icons that record feedback; a conversation can be deleted;
+a handed-off conversation shows a banner and a person's replies, then the bot's again.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 
 from chattune.chat.engine import ChatEngine
 from chattune.serve.app import PAGE_HEADERS, STATIC, build_app
+from chattune.serve.schema import owner_of
 from chattune.serve.store import Store
 from tests.conftest import FakeBackend, live_server
 
@@ -211,3 +213,72 @@ def test_api_key_stays_in_the_tab_unless_remembered(browser, tokenizer, tmp_path
         old.wait_for_selector("#conversations li", timeout=5_000)
         assert old.text_content("#error") == ""
         assert_no_csp_violation(old, problems)
+
+
+def test_a_handed_off_conversation_shows_the_banner_and_a_persons_replies(
+    browser, tokenizer, tmp_path: Path
+) -> None:
+    """A furious message is handed off (banner); an agent answers through the API and the
+    page shows it as a person's; once released, the bot answers again."""
+    from chattune.chat.profile import BotProfile
+    from chattune.chat.routing import HANDOFF_MESSAGE
+    from chattune.nlu.router import Route
+
+    profile = BotProfile(routes=[Route(sentiment_below=-0.5, action="handoff"),
+                                 Route(default="llm")])  # fmt: skip
+    engine = ChatEngine(FakeBackend(tokenizer, ["Happy ", "to help."]), profile)
+    store = Store(str(tmp_path / "chat.db"))
+    app = build_app(engine, store, "tiny", ["web-key"], ["agent-key"])
+    agent = {"Authorization": "Bearer agent-key"}
+    problems: list[str] = []
+    with live_server(app) as url:
+        page = watched_page(browser, problems)
+        page.goto(url)
+        page.fill("#api-key", "web-key")
+        page.click("#save-key")
+        page.click("#new-chat")
+        page.wait_for_selector("#conversations li.active", timeout=5_000)
+        assert page.is_hidden("#handoff")
+        page.fill("#input", "This is useless, I am furious!")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#handoff:not([hidden])", timeout=10_000)
+        assert "A person from our team will answer you here" in page.text_content("#handoff")
+        notice = page.locator(".msg.assistant").last
+        assert notice.locator(".text").text_content() == HANDOFF_MESSAGE
+        assert notice.locator(".decision").text_content().startswith("route: handoff")
+        assert "sentiment -0." in notice.locator(".decision").text_content()
+        assert page.is_disabled("#ask-person")
+
+        (waiting,) = httpx.get(f"{url}/v1/handoffs", headers=agent).json()["data"]
+        said = {"content": "Hi, I'm Sam <b>from support</b>.", "agent": "Sam"}
+        r = httpx.post(f"{url}/v1/handoffs/{waiting['id']}/messages", headers=agent, json=said)
+        assert r.status_code == 201
+        page.wait_for_selector(".msg.agent", timeout=10_000)  # polled, not reloaded
+        reply = page.locator(".msg.agent")
+        assert reply.locator(".text").text_content() == "Hi, I'm Sam <b>from support</b>."
+        assert reply.locator(".author").text_content() == "Sam · from our team"
+        assert reply.locator(".feedback, b").count() == 0
+        page.wait_for_function(
+            "() => document.getElementById('handoff-detail').textContent.includes('Sam')",
+            timeout=10_000,
+        )
+
+        assert httpx.post(f"{url}/v1/handoffs/{waiting['id']}/release",
+                          headers=agent).status_code == 200  # fmt: skip
+        page.wait_for_selector("#handoff", state="hidden", timeout=10_000)
+        page.fill("#input", "Thanks, that is great!")
+        page.keyboard.press("Enter")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.msg.assistant .text')].pop().textContent"
+            " === 'Happy to help.'",
+            timeout=10_000,
+        )
+        last = page.locator(".msg.assistant").last
+        assert last.locator(".decision").text_content().startswith("route: llm")
+        assert last.locator(".feedback").count() == 1
+        page.screenshot(path="/tmp/chattune-handoff.png")
+        assert_no_csp_violation(page, problems)
+    stored = store.get_conversation(owner_of("web-key"), waiting["id"])
+    assert [m.get("author", m["role"]) for m in stored["messages"]] == [
+        "user", "assistant", "agent", "user", "assistant",
+    ]  # fmt: skip

@@ -67,8 +67,9 @@ def cmd_data_stats(cfg: DataStatsConfig) -> int:
 
 
 def cmd_export_feedback(cfg: ExportFeedbackConfig) -> int:
-    """Write thumbs-up replies and corrections from the server's database as training JSONL:
-    one {"messages": [...], "owner": HASH} per line (HASH: the API key's hash)."""
+    """Write thumbs-up replies, corrections and agents' answers to handed-off conversations
+    from the server's database as training JSONL: one {"messages": [...], "owner": HASH} per
+    line (HASH: the API key's hash). Every line passes `chattune data check`."""
     from chattune.data.jsonl import write_jsonl
     from chattune.serve.store import Store
 

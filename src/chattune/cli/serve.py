@@ -37,6 +37,15 @@ def _key_from_environment() -> str:
     return os.environ.get("CHATTUNE_API_KEY", "")
 
 
+def _agent_keys_from_environment() -> list[str]:
+    return [os.environ["CHATTUNE_AGENT_KEY"]] if os.environ.get("CHATTUNE_AGENT_KEY") else []
+
+
+def _split_keys(values: list[str]) -> list[str]:
+    """``["K1,K2", " K3 "]`` -> ``["K1", "K2", "K3"]``: keys given as flags, YAML or env."""
+    return [k.strip() for v in values for k in v.split(",") if k.strip()]
+
+
 class HttpSection(Section):
     """Where the server listens and who may use it."""
 
@@ -45,6 +54,11 @@ class HttpSection(Section):
     api_key: str = Field(
         default_factory=_key_from_environment,
         description="accepted key(s), comma-separated (default: $CHATTUNE_API_KEY)",
+    )
+    agent_key: list[str] = Field(
+        default_factory=_agent_keys_from_environment,
+        description="key(s) of people who answer handed-off conversations, accepted on "
+        "/v1/handoffs only; repeatable or comma-separated (default: $CHATTUNE_AGENT_KEY)",
     )
     insecure_no_auth: bool = Field(
         False,
@@ -57,7 +71,18 @@ class HttpSection(Section):
 
     @property
     def keys(self) -> list[str]:
-        return [k.strip() for k in self.api_key.split(",") if k.strip()]
+        return _split_keys([self.api_key])
+
+    @property
+    def agent_keys(self) -> list[str]:
+        return _split_keys(self.agent_key)
+
+    @model_validator(mode="after")
+    def _roles_apart(self) -> HttpSection:
+        if set(self.keys) & set(self.agent_keys):
+            raise FieldProblem("agent_key", "a key cannot be both a customer key (--api-key) "
+                               "and an agent key (--agent-key): give agents their own")  # fmt: skip
+        return self
 
     @model_validator(mode="after")
     def _no_open_public_server(self) -> HttpSection:
@@ -68,6 +93,25 @@ class HttpSection(Section):
                 "chat, read and delete conversations; pass --api-key KEY (or set "
                 "CHATTUNE_API_KEY), or --insecure-no-auth if that is really what you want",
             )
+        return self
+
+
+class HandoffSection(Section):
+    """Human handoff: who is told when a conversation waits for a person."""
+
+    webhook: str | None = Field(
+        None, description="POST a JSON event to this http(s) URL on each handoff"
+    )
+
+    @model_validator(mode="after")
+    def _http_url(self) -> HandoffSection:
+        from chattune.serve.handoff import check_webhook_url
+
+        if self.webhook is not None:
+            try:
+                check_webhook_url(self.webhook)
+            except ValueError as e:
+                raise FieldProblem("webhook", str(e)) from None
         return self
 
 
@@ -83,12 +127,14 @@ class ServeConfig(Section):
     backend: BackendSettings = backend_field()
     generation: GenerationOverrides = Field(default_factory=GenerationOverrides)  # type: ignore[valid-type]
     http: HttpSection = Field(default_factory=HttpSection)
+    handoff: HandoffSection = Field(default_factory=HandoffSection)
     limits: ServeOptions = Field(default_factory=ServeOptions)
 
 
 def cmd_serve(cfg: ServeConfig) -> int:
-    """Serve the model: OpenAI-compatible API (with SSE streaming), conversations, feedback
-    and a web chat page at /."""
+    """Serve the model: OpenAI-compatible API (with SSE streaming), conversations, feedback,
+    human handoff (agents answer through /v1/handoffs with --agent-key) and a web chat
+    page at /."""
     import uvicorn
 
     from chattune.model.loading import quiet_transformers
@@ -105,8 +151,8 @@ def cmd_serve(cfg: ServeConfig) -> int:
     if slots and "max_concurrency" not in limits.model_fields_set:
         limits = limits.model_copy(update={"max_concurrency": slots})
     http = cfg.http
-    app = build_app(engine, store, cfg.model, http.keys, insecure_no_auth=http.insecure_no_auth,
-                    **limits.model_dump())  # fmt: skip
+    app = build_app(engine, store, cfg.model, http.keys, http.agent_keys, cfg.handoff.webhook,
+                    insecure_no_auth=http.insecure_no_auth, **limits.model_dump())  # fmt: skip
     if not http.keys:
         log.warning("serving without --api-key: anyone who can reach %s can use it", http.host)
     print(f"chattune: http://{http.host}:{http.port}/ (model {cfg.model})", flush=True)
@@ -136,6 +182,8 @@ SERVE = Command(
         "--host": "http.host",
         "--port": "http.port",
         "--api-key": "http.api_key",
+        "--agent-key": "http.agent_key",
+        "--handoff-webhook": "handoff.webhook",
         "--insecure-no-auth": "http.insecure_no_auth",
         "--graceful-timeout": "http.graceful_timeout",
         **{"--" + name.replace("_", "-"): f"limits.{name}" for name in ServeOptions.model_fields},

@@ -4,10 +4,14 @@
 an in-memory store, and ``chattune serve`` builds one with the real model. Routes are plain
 module-level functions; what they need (service, store, keys) is on ``app.state``.
 
-Before any route runs, two pure-ASGI guards answer the cheapest refusals: a body over
-``max_body_bytes`` (413, before authentication or JSON parsing) and, on an open server, a
-``Host`` header that is not loopback (DNS rebinding: a web page on another site resolving
-its own name to 127.0.0.1 to reach an open local server from the user's browser).
+Before any route runs, pure-ASGI guards answer the cheapest refusals: a body over
+``max_body_bytes`` (413, before authentication or JSON parsing), a key that may not call
+the route (``RequireKey``: customer keys everywhere but ``/v1/handoffs*``, agent keys only
+there) and, on an open server, a ``Host`` header that is not loopback (DNS rebinding: a web
+page on another site resolving its own name to 127.0.0.1 to reach an open local server
+from the user's browser).
+
+The agents' routes (human handoff) live in :mod:`chattune.serve.agents`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chattune.chat.engine import ChatEngine
+from chattune.serve import agents
 from chattune.serve.admission import ApiError, Ticket
 from chattune.serve.guards import (
     INVALID_KEY,
@@ -34,10 +39,12 @@ from chattune.serve.guards import (
     RequireKey,
     accepted_key,
 )
+from chattune.serve.handoff import Webhook
 from chattune.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     Feedback,
+    HandoffRequest,
     Id,
     NewConversation,
     ServeOptions,
@@ -45,7 +52,7 @@ from chattune.serve.protocol import (
 )
 from chattune.serve.schema import owner_of
 from chattune.serve.service import ChatService
-from chattune.serve.store import Store
+from chattune.serve.store import Handoff, Store
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -67,6 +74,8 @@ def build_app(
     store: Store,
     model_name: str,
     api_keys: list[str] | None = None,
+    agent_keys: list[str] | None = None,
+    handoff_webhook: str | None = None,
     **options: Any,
 ) -> FastAPI:
     """The HTTP API and web page for one model.
@@ -75,11 +84,24 @@ def build_app(
         api_keys: accepted bearer keys; none means an open server (everything belongs to
             one anonymous owner, and only loopback ``Host`` names are accepted unless
             ``insecure_no_auth``). Each key owns the conversations it creates.
+        agent_keys: keys of the people who answer handed-off conversations, accepted on
+            ``/v1/handoffs*`` only (and only there); none means no agent API.
+        handoff_webhook: an http(s) URL POSTed an event on each handoff (ValueError if it
+            is not one).
         options: :class:`ServeOptions` fields (``max_concurrency=2``, ...), plus
             ``insecure_no_auth`` (bool).
+
+    Example:
+        >>> app = build_app(engine, Store("chat.db"), "mybot", ["sk-customer"],
+        ...                 agent_keys=["sk-agent"])  # doctest: +SKIP
     """
     insecure = bool(options.pop("insecure_no_auth", False))
     settings = ServeOptions(**options)
+    keys = [k.strip().encode() for k in api_keys or [] if k.strip()]
+    agent_key_bytes = [k.strip().encode() for k in agent_keys or [] if k.strip()]
+    if set(keys) & set(agent_key_bytes):
+        raise ValueError("a key cannot be both a customer key and an agent key")
+    webhook = Webhook(handoff_webhook) if handoff_webhook else None
     docs = settings.docs
     app = FastAPI(
         title="chattune",
@@ -88,16 +110,17 @@ def build_app(
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
     )
-    app.state.service = ChatService(engine, store, model_name, settings)
+    app.state.service = ChatService(engine, store, model_name, settings, webhook)
     app.state.store = store
     app.state.model_name = model_name
-    app.state.keys = [k.strip().encode() for k in api_keys or [] if k.strip()]
+    app.state.keys, app.state.agent_keys = keys, agent_key_bytes
     for handler in (_api_error, _invalid, _http, _crash):
         app.add_exception_handler(handler.handles, handler)  # type: ignore[attr-defined]
     app.include_router(router)
+    app.include_router(agents.router)
     # Added last = outermost: these run before routing, authentication and parsing.
-    if app.state.keys:
-        app.add_middleware(RequireKey, keys=app.state.keys)
+    if keys or agent_key_bytes:
+        app.add_middleware(RequireKey, keys=keys, agent_keys=agent_key_bytes)
     elif not insecure:
         app.add_middleware(LoopbackHostOnly)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, read_timeout=settings.body_timeout)
@@ -254,6 +277,25 @@ def delete_conversation(conversation_id: Id, who: Owner, store: Db) -> dict[str,
     if not store.delete_conversation(who, conversation_id):
         raise ApiError(404, f"conversation {conversation_id!r} not found", code="not_found")
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
+
+
+@router.post("/v1/conversations/{conversation_id}/handoff")
+def hand_off(
+    conversation_id: Id,
+    who: Owner,
+    request: Request,
+    body: HandoffRequest | None = None,
+) -> dict[str, Any]:
+    """Ask for a person: the conversation waits for an agent and the bot stops answering
+    it. Asking again while it waits (or a person answers) changes nothing."""
+    handoff = Handoff((body or HandoffRequest()).reason)
+    found = _store(request).hand_off(who, conversation_id, handoff)
+    if found is None:
+        raise ApiError(404, f"conversation {conversation_id!r} not found", code="not_found")
+    summary, changed = found
+    if changed:
+        _service(request).notify(conversation_id, handoff)
+    return summary
 
 
 @router.post("/v1/conversations/{conversation_id}/messages/{message_id}/feedback", status_code=201)

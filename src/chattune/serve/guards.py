@@ -105,16 +105,21 @@ class BodyLimit:
 class RequireKey:
     """With API keys, refuse an ``/v1/`` request without an accepted key *before* its body is
     read: an attacker without a key costs a header check, not a 1 MiB body and a JSON parse.
-    (The route's ``owner`` dependency checks again and derives the owner.)"""
+    (The routes' dependencies check again and derive the owner or the agent.)
 
-    def __init__(self, app: ASGIApp, keys: list[bytes]) -> None:
-        self.app, self.keys = app, keys
+    Two roles, never mixed (:func:`key_refusal`): customer keys (``keys``) on every ``/v1/``
+    route but the agents' ``/v1/handoffs*``, agent keys (``agent_keys``) there only.
+    """
+
+    def __init__(self, app: ASGIApp, keys: list[bytes], agent_keys: list[bytes] | None = None):
+        self.app, self.keys, self.agent_keys = app, keys, agent_keys or []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
             header = dict(scope["headers"]).get(b"authorization", b"")
-            if accepted_key(header, self.keys) is None:
-                return await _send_error(send, 401, INVALID_KEY)
+            refused = key_refusal(header, scope["path"], self.keys, self.agent_keys)
+            if refused is not None:
+                return await _send_error(send, *refused)
         await self.app(scope, receive, send)
 
 
@@ -123,6 +128,49 @@ INVALID_KEY = error_body(
     "authentication_error",
     code="invalid_api_key",
 )
+AGENT_API_OFF = error_body(
+    "this server has no agent API: start it with --agent-key KEY (or CHATTUNE_AGENT_KEY) "
+    "to let people answer handed-off conversations",
+    "permission_error",
+    code="agent_api_disabled",
+)
+NOT_AN_AGENT_KEY = error_body(
+    "this is a customer key: /v1/handoffs takes an agent key (chattune serve --agent-key)",
+    "permission_error",
+    code="agent_key_required",
+)
+
+
+def is_agent_path(path: str) -> bool:
+    """True for the agents' routes, ``/v1/handoffs`` and below (not ``/v1/handoffsX``)."""
+    return path == "/v1/handoffs" or path.startswith("/v1/handoffs/")
+
+
+def key_refusal(
+    header: bytes, path: str, keys: list[bytes], agent_keys: list[bytes]
+) -> tuple[int, dict[str, Any]] | None:
+    """Why the ``Authorization`` header may not call ``path``, as (status, error body);
+    ``None`` when it may.
+
+    On the agents' routes: 403 if the server has no agent keys or the key is a customer's,
+    401 for any other key. Elsewhere: 401 for anything but a customer key (an agent key
+    too), unless the server has no customer keys (an open server).
+
+    Example:
+        >>> key_refusal(b"Bearer cust", "/v1/handoffs", [b"cust"], [b"agent"])[0]
+        403
+    """
+    if is_agent_path(path):
+        if not agent_keys:
+            return 403, AGENT_API_OFF
+        if accepted_key(header, agent_keys) is not None:
+            return None
+        if keys and accepted_key(header, keys) is not None:
+            return 403, NOT_AN_AGENT_KEY
+        return 401, INVALID_KEY
+    if keys and accepted_key(header, keys) is None:
+        return 401, INVALID_KEY
+    return None
 
 
 def accepted_key(header: bytes, keys: list[bytes]) -> bytes | None:

@@ -36,6 +36,9 @@ MAX_STOP_CHARS = 64  # a longer stop string makes transformers build a huge look
 MAX_CORRECTION_CHARS = 8_000
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes
 MAX_STOP_TOKEN_IDS = 64
+MAX_REASON_CHARS = 200  # a handoff's reason
+MAX_AGENT_NAME_CHARS = 64
+MAX_HANDOFF_LIST = 200  # conversations one GET /v1/handoffs returns
 #: OpenAI's default ``max_tokens`` for a text completion.
 COMPLETION_MAX_TOKENS = 16
 #: Below this a temperature is greedy decoding: dividing logits by 1e-40 overflows them.
@@ -324,3 +327,33 @@ class Feedback(BaseModel):
     correction: Annotated[Text, StringConstraints(max_length=MAX_CORRECTION_CHARS)] | None = Field(
         None, description="a better reply, used for training"
     )
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value.strip()
+
+
+Reason = Annotated[Text, StringConstraints(max_length=MAX_REASON_CHARS), AfterValidator(_not_blank)]
+
+
+class HandoffRequest(BaseModel):
+    """``POST /v1/conversations/{id}/handoff``: the customer (or their app) asks for a person."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: Reason = "the customer asked for a person"
+
+
+class AgentMessage(BaseModel):
+    """``POST /v1/handoffs/{id}/messages``: a person's reply, shown to the customer as theirs."""
+
+    model_config = ConfigDict(extra="forbid")
+    content: Annotated[Text, StringConstraints(max_length=MAX_MESSAGE_CHARS),
+                       AfterValidator(_not_blank)]  # fmt: skip
+    agent: Annotated[
+        Text, StringConstraints(max_length=MAX_AGENT_NAME_CHARS), AfterValidator(_not_blank)
+    ] = Field("agent", description="the name the customer sees")
+
+
+HandoffFilter = Literal["waiting", "agent", "all"]

@@ -11,9 +11,18 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import Engine, ForeignKey, Integer, String, Text, UniqueConstraint, event
+from sqlalchemy import (
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -34,13 +43,32 @@ class Base(DeclarativeBase):
     pass
 
 
+#: Who answers a conversation: the bot, nobody yet (``waiting`` for a person), or a person.
+HandoffState = Literal["bot", "waiting", "agent"]
+#: The states in which the bot stays silent.
+HANDED_OFF: tuple[HandoffState, ...] = ("waiting", "agent")
+
+
 class ConversationRow(Base):
+    """A conversation and who answers it (migration 0003 added the ``handoff_*`` columns).
+
+    ``handoff_state`` is the truth the server acts on; the other ``handoff_*`` columns
+    describe the latest handoff (why, when, the decision that triggered it, which agent)
+    and are kept after a release, for the record.
+    """
+
     __tablename__ = "conversations"
+    __table_args__ = (Index("ix_conversations_handoff", "handoff_state", "handoff_at"),)
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64), index=True)
     title: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
+    handoff_state: Mapped[str] = mapped_column(String(16), default="bot", server_default="bot")
+    handoff_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    handoff_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    handoff_agent: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    handoff_nlu: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: the decision
     messages: Mapped[list[MessageRow]] = relationship(
         order_by="MessageRow.seq", cascade="all, delete-orphan"
     )
@@ -57,7 +85,7 @@ class MessageRow(Base):
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime]
-    meta: Mapped[str] = mapped_column(Text, default="{}")  # JSON: sources, finish reason
+    meta: Mapped[str] = mapped_column(Text, default="{}")  # JSON: sources, nlu, author
 
 
 class FeedbackRow(Base):

@@ -13,6 +13,13 @@ A request's life, cheapest check first, so a flood is turned away before it cost
    deadline passes (408, or an ``error`` event once streaming has begun).
 5. **store** the user message and the reply in one transaction.
 
+Human handoff changes two steps. At step 2, a conversation that waits for a person or is
+answered by one (``handoff_state`` ``waiting``/``agent``) is *silenced*: the user message
+is stored alone and the answer is empty, with no NLU, no prompt and no generation slot
+(a person answers through ``/v1/handoffs``). At step 5, a turn decided ``handoff`` stores
+its notice and marks the conversation ``waiting`` in the same transaction, then calls the
+webhook (``serve.handoff``) in the background.
+
 Chat completions and text completions (``/v1/completions``: a prompt continued as given,
 nothing stored) differ only in steps 3 and 5 and in how their responses are spelled: both
 go through :meth:`ChatService._whole` or :meth:`ChatService._opened` and one pump.
@@ -34,10 +41,11 @@ import anyio
 
 from chattune.backends.base import BackendCrashed, BackendError, BackendTimeout
 from chattune.chat.engine import ChatEngine, PromptTooLong, split_system
+from chattune.chat.routing import Decision
 from chattune.data.types import Message
-from chattune.knowledge.grounding import Grounding
 from chattune.model.generation import GenerationOptions
 from chattune.serve.admission import ApiError, Slots, Ticket
+from chattune.serve.handoff import Webhook, handoff_event
 from chattune.serve.protocol import (
     COMPLETION_MAX_TOKENS,
     MIN_TEMPERATURE,
@@ -50,7 +58,8 @@ from chattune.serve.protocol import (
     new_id,
     text_completion,
 )
-from chattune.serve.store import Store
+from chattune.serve.schema import HANDED_OFF, HandoffState
+from chattune.serve.store import Handoff, Store
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +70,8 @@ class PreparedRequest:
 
     ``raw``: a text completion, whose prompt is generated from as given, through an engine
     without the profile (no system prompt, examples, stop strings or defaults).
+    ``silenced``: the conversation's handoff state when a person answers it; nothing is
+    decided or generated (``history`` holds only the user message to store).
     """
 
     history: list[Message]
@@ -68,12 +79,22 @@ class PreparedRequest:
     options: GenerationOptions
     prompt_ids: list[int]
     stop: list[str]
-    grounding: Grounding | None = None
+    decision: Decision | None = None
     raw: bool = False
+    silenced: HandoffState | None = None
 
     def sources(self, text: str = "") -> dict[str, Any]:
-        """The response's ``sources`` field; absent when the server has no knowledge base."""
-        return {"sources": self.grounding.sources(text)} if self.grounding else {}
+        """The response's ``sources`` (when the turn was grounded in the knowledge base)
+        and ``nlu`` (when the bot routes) fields."""
+        d = self.decision
+        if d is None:
+            return {}
+        out: dict[str, Any] = {}
+        if (sources := d.sources(text)) is not None:
+            out["sources"] = sources
+        if d.analysis is not None:
+            out["nlu"] = d.as_dict()
+        return out
 
 
 @dataclass
@@ -95,8 +116,10 @@ class ChatService:
         store: Store,
         model_name: str,
         options: ServeOptions | None = None,
+        webhook: Webhook | None = None,
     ) -> None:
         self.engine, self.store, self.model_name = engine, store, model_name
+        self.webhook = webhook
         self.settings = options or ServeOptions()
         self.slots = Slots(self.settings.max_concurrency, self.settings.max_queue)
         # Generation threads of their own: asyncio's default pool has cpu_count + 4 threads
@@ -123,19 +146,29 @@ class ChatService:
             )
         return asked or min(default, limit)
 
-    def _check_conversation(self, owner: str, conversation_id: str | None) -> None:
-        if conversation_id and self.store.get_conversation(owner, conversation_id) is None:
+    def _handoff_state(self, owner: str, conversation_id: str | None) -> HandoffState | None:
+        """Who answers the named conversation (one indexed read); 404 if it is not the
+        owner's; ``None`` without a conversation."""
+        if not conversation_id:
+            return None
+        state = self.store.handoff_state(owner, conversation_id)
+        if state is None:
             raise ApiError(
                 404,
                 f"conversation {conversation_id!r} not found",
                 param="conversation_id",
                 code="not_found",
             )
+        return state
 
     async def _prepare(self, req: ChatCompletionRequest, owner: str) -> PreparedRequest:
         default = self.engine.profile.generation.max_new_tokens
         max_tokens = self._max_tokens(req.max_completion_tokens or req.max_tokens, default)
-        await asyncio.to_thread(self._check_conversation, owner, req.conversation_id)
+        state = await asyncio.to_thread(self._handoff_state, owner, req.conversation_id)
+        if state in HANDED_OFF:  # a person answers: no NLU, no prompt, no slot
+            question = [Message("user", req.messages[-1].content)]
+            generation = self.engine.profile.generation
+            return PreparedRequest(question, None, generation, [], [], silenced=state)
         return await asyncio.to_thread(self.prepare, req, max_tokens)
 
     def prepare(self, req: ChatCompletionRequest, max_tokens: int) -> PreparedRequest:
@@ -153,11 +186,11 @@ class ChatService:
                 f"prompt in the model's {context}-token context",
                 param="max_tokens",
             )
-        grounding = self.engine.ground(history)
+        decision = self.engine.decide(history)
         from jinja2 import TemplateError
 
         try:
-            ids, _ = self.engine.build_prompt(history, options, system, grounding)
+            ids, _ = self.engine.build_prompt(history, options, system, decision.grounding)
         except TemplateError as e:  # the model's chat template refuses this conversation
             raise ApiError(400, f"the model's chat template: {e}", param="messages") from None
         except PromptTooLong as e:
@@ -169,7 +202,7 @@ class ChatService:
                     param="max_tokens",
                 ) from None
             raise ApiError(400, str(e), param="messages", code="context_length_exceeded") from None
-        return PreparedRequest(history, system, options, ids, req.stop_list, grounding)
+        return PreparedRequest(history, system, options, ids, req.stop_list, decision)
 
     async def _prepare_text(self, req: CompletionRequest) -> PreparedRequest:
         max_tokens = self._max_tokens(req.max_tokens, COMPLETION_MAX_TOKENS)
@@ -208,13 +241,15 @@ class ChatService:
         """The engine's reply pieces, pumped from a worker thread, within the deadline."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+        if p.silenced:
+            return
         cancel = ticket.cancel
         engine = self.raw if p.raw else self.engine
 
         def work() -> None:
             try:
                 for piece in engine.stream(
-                    p.history, p.options, p.system, cancel, p.stop, p.prompt_ids, p.grounding
+                    p.history, p.options, p.system, cancel, p.stop, p.prompt_ids, p.decision
                 ):
                     loop.call_soon_threadsafe(queue.put_nowait, piece)
                 loop.call_soon_threadsafe(queue.put_nowait, None)
@@ -259,6 +294,8 @@ class ChatService:
         watcher = asyncio.create_task(_watch(disconnected, ticket.cancel)) if disconnected else None
         try:
             p = await prepare()
+            if p.silenced:  # nothing to generate: no slot
+                return p, ""
             await _acquire_unless_gone(ticket, watcher)
             text = "".join([piece async for piece in self._pieces(p, ticket)])
         finally:
@@ -293,7 +330,8 @@ class ChatService:
         final one and ``[DONE]``. A failure after the 200 becomes an OpenAI-style ``error``
         event that ends the stream (the ``openai`` client raises it)."""
         try:
-            await ticket.acquire()
+            if not p.silenced:  # nothing to generate: no slot
+                await ticket.acquire()
             if spell.opening is not None:
                 yield _sse(spell.opening)
             pieces: list[str] = []
@@ -345,7 +383,8 @@ class ChatService:
 
         # Sources come first (the page shows them while the reply streams); the final chunk
         # repeats them with ``cited`` set from the finished reply.
-        opening = chunk(cid, name, {"role": "assistant", "content": ""}, None, p.sources())
+        first = p.sources() if not p.silenced else {"handoff": {"state": p.silenced}}
+        opening = chunk(cid, name, {"role": "assistant", "content": ""}, None, first)
         return Spelling(lambda piece: chunk(cid, name, {"content": piece}), final, opening)
 
     async def complete_text(
@@ -379,23 +418,55 @@ class ChatService:
     ) -> tuple[str, dict[str, int], dict[str, Any]]:
         """(finish reason, usage, the response's extra fields) for a finished reply, stored
         first when it belongs to a conversation: both messages in one transaction, so a crash
-        never stores a question without its reply."""
+        never stores a question without its reply.
+
+        A silenced turn stores the question alone. A ``handoff`` turn also marks the
+        conversation ``waiting`` (same transaction) and adds the ``handoff`` field. Without
+        a conversation nothing is stored, so nothing is handed off: the reply is the
+        handoff notice, and ``nlu`` says the route was ``handoff``.
+        """
         finish, usage = self._finish(p, text)
+        if not conversation_id:
+            return finish, usage, p.sources(text)
+        if p.silenced:
+            stored = await asyncio.to_thread(
+                self.store.append, owner, conversation_id, "user", p.history[-1].content
+            )
+            if stored is None:  # deleted meanwhile
+                raise _gone(conversation_id)
+            return finish, usage, {"conversation_id": conversation_id,
+                                   "handoff": {"state": p.silenced}}  # fmt: skip
         sources = p.sources(text)
-        extra: dict[str, Any] = {}
-        if conversation_id:
-            meta = {"finish_reason": finish, **sources}
-            exchange = (owner, conversation_id, p.history[-1].content, text, meta)
+        meta = {"finish_reason": finish, **sources}
+        exchange = (owner, conversation_id, p.history[-1].content, text, meta)
+        extra: dict[str, Any] = {"conversation_id": conversation_id}
+        d = p.decision
+        if d is not None and d.handoff:
+            handoff = Handoff(d.reason, d.as_dict())
+            done = await asyncio.to_thread(self.store.append_handoff, *exchange, handoff)
+            if done is None:
+                raise _gone(conversation_id)
+            extra["message_id"], extra["handoff"], changed = done
+            if changed:
+                self.notify(conversation_id, handoff)
+        else:
             message_id = await asyncio.to_thread(self.store.append_exchange, *exchange)
             if message_id is None:  # deleted while the reply was generated
-                raise ApiError(404, f"conversation {conversation_id!r} not found", code="not_found")
-            extra = {"conversation_id": conversation_id, "message_id": message_id}
+                raise _gone(conversation_id)
+            extra["message_id"] = message_id
         return finish, usage, {**extra, **sources}
+
+    def notify(self, conversation_id: str, handoff: Handoff) -> None:
+        """Tell the webhook (if any) that a conversation now waits for a person; returns at
+        once (delivery runs in the background)."""
+        if self.webhook is not None:
+            event = handoff_event(conversation_id, "waiting", handoff.reason, handoff.nlu)
+            self.webhook.send(event)
 
     def _finish(self, p: PreparedRequest, text: str) -> tuple[str, dict[str, int]]:
         """(finish reason, usage). The backend streams text, not tokens, so the reply is
         counted by tokenizing it again: "length" when that reaches ``max_tokens``."""
-        if p.grounding and p.grounding.reply is not None:  # FAQ answer or "don't know"
+        if p.silenced or (p.decision and p.decision.reply is not None):  # nothing generated
             return "stop", {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         n = len(self.engine.tokenizer(text, add_special_tokens=False)["input_ids"])
         k = len(p.prompt_ids)
@@ -446,6 +517,10 @@ async def _acquire_unless_gone(ticket: Ticket, watcher: asyncio.Task[bool] | Non
             await acquire
         raise _client_gone()
     acquire.result()  # a 408 if the deadline passed while queued
+
+
+def _gone(conversation_id: str) -> ApiError:
+    return ApiError(404, f"conversation {conversation_id!r} not found", code="not_found")
 
 
 def _client_gone() -> ApiError:

@@ -1,4 +1,6 @@
-// The chattune web page: conversations, streamed replies, feedback, sources.
+// The chattune web page: conversations, streamed replies, feedback, sources, the bot's
+// decision under each reply, and human handoff (a banner while a person has the
+// conversation, their replies shown as a person's, polled every 2 s while the tab is shown).
 //
 // Served as /static/app.js under a CSP that allows no inline script, no eval and no
 // event-handler attributes, so all behaviour is wired here with addEventListener.
@@ -19,6 +21,12 @@
 
   let current = null;  // the open conversation's id
   let turns = [];      // its messages, as sent to /v1/chat/completions
+  let handoff = {state: "bot"};  // who answers it: the bot, or a person (waiting / agent)
+  let shown = 0;       // stored messages on screen (polling re-renders when this changes)
+  let sending = false; // a reply is on its way: polling leaves the pane alone
+  let poller = null;   // the polling timer while handed off
+  const POLL_MS = 2000;
+  const handedOff = () => handoff.state === "waiting" || handoff.state === "agent";
 
   // ----- the API key: this tab only (sessionStorage) unless "Remember on this device" ---
 
@@ -56,6 +64,7 @@
     $("title").textContent = id ? title : "No conversation open";
     $("title").classList.toggle("muted", !id);
     $("delete-chat").disabled = !id;
+    if (!id) showHandoff({state: "bot"});
   }
 
   // Empties the message pane (showing `hint`, if any) and the sources panel.
@@ -84,16 +93,70 @@
   async function openConversation(id) {
     try {
       const c = await api("/v1/conversations/" + encodeURIComponent(id));
-      showConversation(c.id, c.title); turns = [];
-      clearMessages(null);
-      for (const m of c.messages) {
-        addMessage(m.role, m.content, m.id);
-        turns.push({role: m.role, content: m.content});
-        if (m.sources) showSources(m.sources);  // the last grounded reply's passages
-      }
+      render(c);
       loadConversations();
     } catch (e) { showError(e); }
   }
+
+  // Shows a stored conversation: its messages (with their decisions and authors) and who
+  // answers it now.
+  function render(c) {
+    showConversation(c.id, c.title); turns = [];
+    clearMessages(null);
+    for (const m of c.messages) {
+      addMessage(m.role, m.content, m.id, m);
+      turns.push({role: m.role, content: m.content});
+      if (m.sources) showSources(m.sources);  // the last grounded reply's passages
+    }
+    shown = c.messages.length;
+    showHandoff(c.handoff || {state: "bot"});
+  }
+
+  // ----- human handoff: the banner, asking for a person, polling for their replies ------
+
+  function showHandoff(h) {
+    handoff = h;
+    $("handoff").hidden = !handedOff();
+    $("handoff-detail").textContent = h.state === "agent"
+      ? (h.agent || "A person") + " is answering." : "Waiting for a person to join.";
+    $("ask-person").disabled = !current || handedOff();
+    if (handedOff()) startPolling(); else stopPolling();
+  }
+
+  function startPolling() {
+    if (poller === null && document.visibilityState === "visible") {
+      poller = setInterval(poll, POLL_MS);
+    }
+  }
+
+  function stopPolling() {
+    if (poller !== null) { clearInterval(poller); poller = null; }
+  }
+
+  // New messages from a person, or the conversation given back to the bot.
+  async function poll() {
+    const id = current;
+    if (!id || sending) return;
+    try {
+      const c = await api("/v1/conversations/" + encodeURIComponent(id));
+      if (id !== current || sending) return;  // another conversation opened meanwhile
+      if (c.messages.length !== shown || c.handoff.state !== handoff.state) render(c);
+    } catch (e) { showError(e); stopPolling(); }
+  }
+
+  async function askForPerson() {
+    if (!current) return;
+    try {
+      const c = await api("/v1/conversations/" + encodeURIComponent(current) + "/handoff",
+                          {method: "POST", body: "{}"});
+      showHandoff(c.handoff);
+    } catch (e) { showError(e); }
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState !== "visible") stopPolling();
+    else if (handedOff()) { startPolling(); poll(); }
+  });
 
   // One creation at a time: a message sent while "+ New chat" is still on its way goes into
   // that conversation instead of starting a second one.
@@ -106,8 +169,9 @@
   async function createChat() {
     try {
       const c = await api("/v1/conversations", {method: "POST", body: "{}"});
-      showConversation(c.id, c.title); turns = [];
+      showConversation(c.id, c.title); turns = []; shown = 0;
       clearMessages("Ask a question.");
+      showHandoff(c.handoff || {state: "bot"});
       await loadConversations();
       $("input").focus();
     } catch (e) { showError(e); }
@@ -125,17 +189,49 @@
 
   // ----- messages -----------------------------------------------------------------------
 
-  function addMessage(role, text, messageId) {
+  // One message; `meta` is what the store keeps with it (nlu, author, agent).
+  function addMessage(role, text, messageId, meta = {}) {
     $("empty")?.remove();
     const div = document.createElement("div");
     div.className = "msg " + role;
+    if (meta.author === "agent") {  // a person wrote it: say so, and no thumbs for the bot
+      div.classList.add("agent");
+      const who = document.createElement("div");
+      who.className = "author"; who.textContent = (meta.agent || "A person") + " · from our team";
+      div.appendChild(who);
+    }
     const body = document.createElement("div");
     body.className = "text"; body.textContent = text;
     div.appendChild(body);
     $("messages").appendChild(div);
-    if (role === "assistant" && messageId) addFeedback(div, messageId);
+    if (meta.nlu) addDecision(div, meta.nlu);
+    if (role === "assistant" && messageId && meta.author !== "agent") addFeedback(div, messageId);
     $("messages").scrollTop = $("messages").scrollHeight;
     return div;
+  }
+
+  // The bot's decision under its reply: route; intent and confidence; entities; sentiment.
+  function addDecision(div, nlu) {
+    const parts = ["route: " + nlu.route];
+    if (nlu.intent) parts.push(`intent: ${nlu.intent} (${Number(nlu.confidence).toFixed(2)})`);
+    for (const e of nlu.entities || []) parts.push(`${e.type}=${e.value}`);
+    if (typeof nlu.sentiment === "number") parts.push("sentiment " + nlu.sentiment.toFixed(2));
+    const line = document.createElement("div");
+    line.className = "decision"; line.textContent = parts.join(" · ");
+    line.title = nlu.reason || "";
+    div.appendChild(line);
+  }
+
+  // The turns as the model takes them: one message per side in turn (messages sent while a
+  // person was asked for, or a person's two replies, are joined).
+  function alternating(list) {
+    const out = [];
+    for (const t of list) {
+      const last = out[out.length - 1];
+      if (last && last.role === t.role) last.content += "\n\n" + t.content;
+      else out.push({...t});
+    }
+    return out;
   }
 
   function icon(rating) {
@@ -193,26 +289,35 @@
     turns.push({role: "user", content: text});
     const div = addMessage("assistant", "");
     const body = div.querySelector(".text");
-    $("send").disabled = true;
+    $("send").disabled = true; sending = true;
     try {
       const r = await fetch("/v1/chat/completions", {method: "POST", headers: headers(),
-        body: JSON.stringify({messages: turns, stream: true, conversation_id: current})});
+        body: JSON.stringify({messages: alternating(turns), stream: true, conversation_id: current})});
       if (!r.ok) { const b = await r.json().catch(() => ({})); throw new Error(b.error ? b.error.message : r.statusText); }
-      let reply = "", messageId = null;
+      let reply = "", messageId = null, nlu = null, state = null;
       await readEvents(r, (event) => {
         if (event.error) throw new Error(event.error.message);  // the server ended the stream
         const delta = event.choices[0].delta;
         if (delta.content) { reply += delta.content; body.textContent = reply; }
         if (event.message_id) messageId = event.message_id;
         if (event.sources) showSources(event.sources);
+        if (event.nlu) nlu = event.nlu;
+        if (event.handoff) state = event.handoff;
       });
-      body.textContent = reply.trim();
-      turns.push({role: "assistant", content: reply.trim()});
-      if (messageId) addFeedback(div, messageId);
+      shown += 1;  // the user message
+      if (state && !messageId) {
+        div.remove();  // a person has the conversation: the bot said nothing
+      } else {
+        body.textContent = reply.trim();
+        turns.push({role: "assistant", content: reply.trim()});
+        if (nlu) addDecision(div, nlu);
+        if (messageId) { addFeedback(div, messageId); shown += 1; }
+      }
+      if (state) showHandoff({...handoff, ...state});
       showError(null);
       loadConversations();
     } catch (e) { div.remove(); turns.pop(); showError(e); }
-    finally { $("send").disabled = false; }
+    finally { $("send").disabled = false; sending = false; }
   }
 
   function showSources(sources) {
@@ -238,6 +343,7 @@
   $("remember-key").addEventListener("change", storeKey);
   $("new-chat").addEventListener("click", newChat);
   $("delete-chat").addEventListener("click", deleteChat);
+  $("ask-person").addEventListener("click", askForPerson);
   $("composer").addEventListener("submit", (e) => {
     e.preventDefault();
     const t = $("input").value.trim();
