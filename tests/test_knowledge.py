@@ -314,20 +314,22 @@ def test_faq_answers_and_dont_know_need_no_generation(kb: KnowledgeBase, tokeniz
     backend = FakeBackend(tokenizer, ["generated"])
     engine = ChatEngine(backend, knowledge=Knowledge(Retriever(kb)))
     faq = [Message("user", "Do gift cards expire?")]
-    grounding = engine.ground(faq)
+    decision = engine.decide(faq)
+    grounding = decision.grounding
+    assert decision.route == "knowledge" and decision.analysis is None  # no routes: no NLU
     assert grounding.kind == "faq" and grounding.hits[0].chunk.location == "FAQ gift-cards"
-    assert "".join(engine.stream(faq, grounding=grounding)) == "No, gift cards never expire. [1]"
+    assert "".join(engine.stream(faq, decision=decision)) == "No, gift cards never expire. [1]"
     strict = Knowledge(
         Retriever(kb), KnowledgeSettings(min_similarity=0.99, min_topic_similarity=0.99)
     )
     engine = ChatEngine(backend, knowledge=strict)
     off_topic = [Message("user", "Who painted the Mona Lisa?")]
-    grounding = engine.ground(off_topic)
-    assert grounding.kind == "no_answer" and grounding.sources() == []
-    assert "".join(engine.stream(off_topic, grounding=grounding)).startswith("I'm sorry, I don't")
+    decision = engine.decide(off_topic)
+    assert decision.grounding.kind == "no_answer" and decision.grounding.sources() == []
+    assert "".join(engine.stream(off_topic, decision=decision)).startswith("I'm sorry, I don't")
     assert backend.prompts == []  # the model was never asked
     rephrase = Knowledge(Retriever(kb), KnowledgeSettings(faq_answers="rephrase"))
-    grounding = ChatEngine(backend, knowledge=rephrase).ground(faq)
+    grounding = ChatEngine(backend, knowledge=rephrase).decide(faq).grounding
     assert grounding.reply is None and "A: No, gift cards never expire." in grounding.context
 
 
@@ -509,3 +511,40 @@ def test_titles_and_names_cannot_leave_the_quoted_block_and_citations_are_bounde
         "see [1] and [" + "9" * 5000 + "]"
     )
     assert sources[0]["cited"] is True
+
+
+def test_faq_entries_score_their_closer_text_question_or_whole_entry(tmp_path) -> None:
+    faq = tmp_path / "faq.csv"
+    faq.write_text(
+        "id,question,answer\n"
+        'pin,How do I change my card PIN?,"Use any ATM that offers it, with your current one."\n'
+        'fees,Is there a monthly fee?,"Standard is free; Plus costs $4.99 a month."\n'
+    )
+    base = KnowledgeBase(tmp_path / "kb", create=True, embedder="hashing")
+    base.add([faq])
+    retriever, embed = Retriever(base), base.embedder.encode
+    query = "how do I change my card PIN"
+    hit = retriever.search(query, k=1, mode="dense")[0]
+    q, question, entry = embed([query, hit.chunk.chunk.question, hit.chunk.chunk.index_text])
+    assert hit.chunk.chunk.faq_id == "pin" and hit.asked
+    assert hit.similarity == pytest.approx(max(q @ question, q @ entry), abs=1e-5)
+    assert q @ question > q @ entry  # here the stored question is the closer text
+    # A conversation query (a follow-up) is not one question: entries score as passages.
+    follow_up = conversation_query(
+        [Message("user", "Is there a monthly fee?"), Message("user", query)]
+    )
+    hits = retriever.search(follow_up, k=2, mode="dense", vector=retriever.vector(follow_up))
+    assert not any(h.asked for h in hits)
+
+
+def test_faq_entries_need_min_faq_similarity_and_passages_min_similarity(kb) -> None:
+    def kind(question: str, **floors: float) -> str:
+        settings = KnowledgeSettings(min_topic_similarity=-1, faq_answers="off", **floors)
+        return Knowledge(Retriever(kb), settings).ground([Message("user", question)]).kind
+
+    near = "do gift vouchers ever lapse"  # close to the FAQ entry, not all of its terms there
+    assert kind(near, min_similarity=0.99, min_faq_similarity=0.0) == "passages"
+    assert kind(near, min_similarity=0.99, min_faq_similarity=0.99) == "no_answer"
+    assert kind(near, min_similarity=0.0, min_faq_similarity=0.99) == "passages"  # documents
+    assert kind("gift cards", min_similarity=0.99, min_faq_similarity=0.99) == "passages"  # exact
+    assert Knowledge(Retriever(kb)).min_faq_similarity == 0.15  # the hashing default

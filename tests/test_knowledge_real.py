@@ -1,8 +1,10 @@
-"""Knowledge with the real embedding model (all-MiniLM-L6-v2) on the demo's knowledge base.
+"""Knowledge with the real embedding model (all-MiniLM-L6-v2) on the demo's knowledge base
+and on the removed-half FAQ sets of examples/heldout-kb.
 
 These pin the measured behaviour docs/knowledge.md reports: on paraphrased questions plain
 RRF ranks worse than dense retrieval and the gated hybrid does not; on keyword questions
-the hybrid is as good as the better of dense and BM25.
+the hybrid is as good as the better of dense and BM25; on every FAQ set the hybrid is as
+good as dense, and the answered/declined rates stay at what was measured.
 """
 
 from __future__ import annotations
@@ -75,5 +77,34 @@ def test_default_thresholds_answer_most_and_decline_off_topic(retriever) -> None
     sets = ("paraphrases", "keywords", "unanswerable")
     questions = [q for s in sets for q in read_questions(ROOT / f"examples/support/kb-{s}.jsonl")]
     result = abstention(Knowledge(retriever), questions)
-    # Measured 0.915 and 0.5 (docs/knowledge.md); every far off-topic question is declined.
-    assert result["answered"] >= 0.9 and result["declined"] >= 0.5
+    # Measured 0.872 and 0.667 (docs/knowledge.md). Before min_faq_similarity: 0.915 and
+    # 0.5; the FAQ floor declines two near-domain questions and costs four hard paraphrases.
+    assert result["answered"] >= 0.85 and result["declined"] >= 0.65
+
+
+#: kb eval on examples/heldout-kb (answered, declined) at the default thresholds, measured
+#: 2026-11-26 (docs/knowledge.md). bank was used to choose min_faq_similarity and the lexical
+#: gate; library and devtools were kept aside and measured once, after. They pin what was
+#: reached, not the issue's 0.9/0.9 target, which MiniLM similarities do not reach here.
+HELDOUT = {
+    ("bank", "a"): (0.868, 0.755),
+    ("bank", "b"): (0.838, 0.720),
+    ("library", "a"): (0.939, 0.568),
+    ("library", "b"): (0.969, 0.556),
+    ("devtools", "a"): (0.516, 0.814),
+    ("devtools", "b"): (0.710, 0.814),
+}
+
+
+@pytest.mark.parametrize(("domain", "split"), sorted(HELDOUT))
+def test_removed_half_faq_sets(tmp_path, domain: str, split: str) -> None:
+    folder = ROOT / "examples/heldout-kb" / domain
+    kb = KnowledgeBase(tmp_path / "kb", create=True, embedder="minilm")
+    kb.add([folder / f"kb-{split}.csv"])
+    retriever = Retriever(kb)
+    questions = read_questions(folder / f"questions-{split}.jsonl")
+    hybrid, dense = (score_retrieval(retriever, questions, m) for m in ("hybrid", "dense"))
+    assert hybrid["hit@1"] >= dense["hit@1"] and hybrid["mrr"] >= dense["mrr"] - 1e-9
+    result = abstention(Knowledge(retriever), questions)
+    answered, declined = HELDOUT[domain, split]
+    assert result["answered"] >= answered - 0.03 and result["declined"] >= declined - 0.03

@@ -38,11 +38,16 @@ NO_ANSWER = (
     "products, orders, shipping and returns."
 )
 
-#: Per-embedder defaults (cosines of unit vectors) for min_similarity, min_topic_similarity
-#: and faq_similarity, set on examples/support with all-MiniLM-L6-v2: paraphrased questions
-#: score 0.39-0.65 with their best passage, follow-ups alone ("is it waterproof?") 0.24-0.49,
-#: off-topic messages ("what is the capital of France?", "hi") 0.10-0.22. docs/knowledge.md.
-THRESHOLDS = {"minilm": (0.30, 0.23, 0.80), "hashing": (0.15, 0.10, 0.70)}
+#: Per-embedder defaults (cosines of unit vectors) for min_similarity, min_topic_similarity,
+#: faq_similarity and min_faq_similarity. The first three were set on examples/support with
+#: all-MiniLM-L6-v2: paraphrased questions score 0.39-0.65 with their best passage,
+#: follow-ups alone ("is it waterproof?") 0.24-0.49, off-topic messages 0.10-0.22. The last
+#: was set on the bank FAQ of examples/heldout-kb (the tuning set; library and devtools are
+#: kept aside): a paraphrase scores 0.43-0.55 (10th-50th percentile) with its own entry, a
+#: question whose entry was removed 0.38-0.52 (50th-90th) with the best remaining one, so
+#: no threshold separates them cleanly; 0.48 maximises answered + declined there. See
+#: docs/knowledge.md (a per-knowledge-base calibration did not track the best threshold).
+THRESHOLDS = {"minilm": (0.30, 0.23, 0.80, 0.48), "hashing": (0.15, 0.10, 0.70, 0.15)}
 
 
 class KnowledgeSettings(BaseModel):
@@ -68,7 +73,16 @@ class KnowledgeSettings(BaseModel):
     )
     no_answer: str = NO_ANSWER
     faq_answers: Literal["verbatim", "rephrase", "off"] = "verbatim"
-    faq_similarity: float | None = Field(None, ge=-1, le=1)
+    faq_similarity: float | None = Field(
+        None, ge=-1, le=1, description="an FAQ question this close is answered with its answer"
+    )
+    min_faq_similarity: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="FAQ entries below this (their question or whole entry vs the "
+        "conversation query) are left out: near misses are other questions",
+    )
     history_turns: int = Field(3, ge=1, description="user turns that shape the search")
     instruction: str = INSTRUCTION
 
@@ -107,10 +121,14 @@ class Knowledge:
         self.retriever, self.settings = retriever, settings or KnowledgeSettings()
         defaults = THRESHOLDS.get(retriever.kb.settings["embedder"], THRESHOLDS["minilm"])
         s = self.settings
-        given = (s.min_similarity, s.min_topic_similarity, s.faq_similarity)
-        self.min_similarity, self.min_topic_similarity, self.faq_similarity = (
-            d if g is None else g for g, d in zip(given, defaults, strict=False)
-        )
+        given = (s.min_similarity, s.min_topic_similarity, s.faq_similarity, s.min_faq_similarity)
+        resolved = (d if g is None else g for g, d in zip(given, defaults, strict=True))
+        (
+            self.min_similarity,
+            self.min_topic_similarity,
+            self.faq_similarity,
+            self.min_faq_similarity,
+        ) = resolved
 
     def ground(self, history: list[Message]) -> Grounding:
         s = self.settings
@@ -133,10 +151,18 @@ class Knowledge:
         exact = [
             h for h in hits if terms and terms <= set(bm25_terms([h.chunk.chunk.index_text])[0])
         ]
-        relevant = [h for h in hits if h.similarity >= self.min_similarity or h in exact]
+        relevant = [h for h in hits if h.similarity >= self.floor(h) or h in exact]
         if not relevant or (own < self.min_topic_similarity and not exact):
             return Grounding("no_answer", reply=s.no_answer)
         return Grounding("passages", relevant, context=context_block(relevant, s.instruction))
+
+    def floor(self, hit: Hit) -> float:
+        """The similarity a hit needs to be relevant. An FAQ entry answers one question, and
+        the question it is closest to is usually a different one on the same subject ("How
+        do I change my PIN?" vs the password-reset entry, 0.45), so entries need more than
+        passages, whose text covers a whole section. An entry found by a conversation query
+        (a follow-up) was scored as a passage, and is held to the passages' floor."""
+        return self.min_faq_similarity if hit.asked else self.min_similarity
 
 
 def _terms(hit: Hit) -> set[str]:

@@ -4,10 +4,16 @@ Plain reciprocal-rank fusion (RRF) trusts both rankings equally. On paraphrased 
 which share few words with the passage that answers them, BM25's ranking is mostly noise,
 and RRF lets it drag the right dense hit down. ``hybrid`` therefore weighs the lexical
 ranking by how much lexical evidence there is: the share of the query's terms that its best
-BM25 passage contains. Below ``gate_floor`` the lexical weight is 0 and the result is the
-dense ranking exactly; above it, BM25 joins the fusion with that weight, which is what helps
-on product names, codes and rare terms that an embedding blurs. ``kb eval --mode all``
+BM25 passage contains. Below ``gate_floor`` (1.0: every term) the lexical weight is 0 and the
+result is the dense ranking exactly; at it, BM25 joins the fusion, which is what helps on
+product names, codes and rare terms that an embedding blurs. A floor of 0.5 (the first
+design) let BM25 in on FAQ questions that share common words ("card", "book") with the wrong
+entry and lost to dense on FAQ sets it was not tuned on (docs/knowledge.md). ``kb eval --mode all``
 prints all four modes side by side; docs/knowledge.md has the measured comparison.
+
+An FAQ entry is two texts: the stored question and the whole entry (question + answer). A
+customer's question is a question, so it is matched against both and the entry scores the
+closer of the two cosines (:meth:`Retriever.dense_ranking`); measured in docs/knowledge.md.
 
 Follow-up questions ("and how much is it?") name nothing, so the query is the conversation:
 the last user message plus earlier user messages at decaying weights (see
@@ -39,6 +45,9 @@ class Hit:
     score: float
     similarity: float
     lexical: float  # BM25 score if among BM25's candidates (never in dense mode), else 0
+    #: an FAQ entry scored against its stored question too (a one-message query), so its
+    #: similarity may be the question's cosine: grounding holds it to min_faq_similarity
+    asked: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,11 +117,41 @@ class Retriever:
     """Search one knowledge base. Thread-safe for concurrent searches."""
 
     def __init__(
-        self, kb: KnowledgeBase, candidates: int = 50, rrf_k: int = 60, gate_floor: float = 0.5
+        self, kb: KnowledgeBase, candidates: int = 50, rrf_k: int = 60, gate_floor: float = 1.0
     ) -> None:
         self.kb, self.candidates, self.rrf_k, self.gate_floor = kb, candidates, rrf_k, gate_floor
         _ = kb.indexes  # verify now, not on the first question
-        self._faq: tuple[np.ndarray, np.ndarray] | None = None
+        self._faq: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def faq_vectors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(chunk ids, question vectors, entry vectors) of every FAQ entry, read once."""
+        if self._faq is None:
+            ids, questions = self.kb.faq_questions()
+            dense = self.kb.indexes.dense
+            entries = np.stack([dense.reconstruct(int(i)) for i in ids]) if len(ids) else questions
+            self._faq = ids, questions, entries.reshape(questions.shape)
+        return self._faq
+
+    def dense_ranking(
+        self, v: np.ndarray, n: int, questions: bool = True
+    ) -> list[tuple[int, float]]:
+        """The ``n`` best (chunk id, cosine) for the unit vector ``v`` (1, dim), best first.
+
+        A passage scores its cosine; with ``questions`` an FAQ entry scores the higher of
+        its question's cosine and its whole entry's, so "Can I get my wages paid in early?"
+        finds "Can I get my paycheck early?" even when another entry's *answer* talks more
+        about salaries. :meth:`search` turns it off for a conversation query: a blend of
+        several messages is not one question, and the follow-up "how long does it take?"
+        after "do you ship to Canada?" would find the question "When will my order ship?".
+        """
+        sims, ids = self.kb.indexes.dense.search(v, n)
+        scores = {int(i): float(s) for i, s in zip(ids[0], sims[0], strict=False) if i >= 0}
+        faq_ids, stored, entries = self.faq_vectors()
+        if questions and len(faq_ids):
+            best = np.maximum(stored @ v[0], entries @ v[0])
+            for j in np.argsort(-best, kind="stable")[:n]:
+                scores[int(faq_ids[j])] = float(best[j])
+        return sorted(scores.items(), key=lambda kv: -kv[1])[:n]
 
     def vector(self, query: Query) -> np.ndarray:
         """The unit query vector (1, dim): weighted sum of the texts' embeddings."""
@@ -130,9 +169,10 @@ class Retriever:
         idx = self.kb.indexes
         v = self.vector(query) if vector is None else vector
         n = min(self.candidates, idx.dense.ntotal)
-        sims, ids = idx.dense.search(v, n)
-        dense = [int(i) for i in ids[0] if i >= 0]
-        similarity = {i: float(s) for i, s in zip(dense, sims[0], strict=False)}
+        asked = len(query.texts) == 1
+        ranking = self.dense_ranking(v, n, questions=asked)
+        dense = [i for i, _ in ranking]
+        similarity = dict(ranking)
         if mode == "dense":  # no BM25 work for a mode that does not read it
             ranked = [(i, similarity[i]) for i in dense]
             lexical_scores: dict[int, float] = {}
@@ -148,7 +188,20 @@ class Retriever:
         for i, _ in top:
             if i not in similarity:  # a lexical-only hit: its exact cosine, from the index
                 similarity[i] = float(idx.dense.reconstruct(i) @ v[0])
-        return [Hit(chunks[i], s, similarity[i], lexical_scores.get(i, 0.0)) for i, s in top]
+                faq_ids, questions, _ = self.faq_vectors()
+                row = np.flatnonzero(faq_ids == i)
+                if asked and len(row):  # an FAQ entry: as in dense_ranking
+                    similarity[i] = max(similarity[i], float(questions[row[0]] @ v[0]))
+        return [
+            Hit(
+                chunks[i],
+                s,
+                similarity[i],
+                lexical_scores.get(i, 0.0),
+                asked and chunks[i].chunk.faq_id is not None,
+            )
+            for i, s in top
+        ]
 
     def _fuse(
         self, dense: list[int], lexical: list[int], terms: set[str], gated: bool
@@ -179,9 +232,7 @@ class Retriever:
 
     def faq_match(self, vector: np.ndarray) -> tuple[StoredChunk, float] | None:
         """The FAQ entry whose *question* is closest to the query, with its cosine."""
-        if self._faq is None:
-            self._faq = self.kb.faq_questions()
-        ids, questions = self._faq
+        ids, questions, _ = self.faq_vectors()
         if not len(ids):
             return None
         sims = questions @ vector[0]
