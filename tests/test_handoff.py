@@ -238,8 +238,8 @@ def test_agents_list_read_answer_and_release(client, backend) -> None:
     bobs = new_conversation(client, BOB)
     client.post(f"/v1/conversations/{bobs}/handoff", json={"reason": "asked"}, headers=BOB)
     waiting = client.get("/v1/handoffs", headers=AGENT).json()["data"]
-    assert [c["id"] for c in waiting] == [bobs, conv]  # every owner's, newest first
-    alices = waiting[1]
+    assert [c["id"] for c in waiting] == [conv, bobs]  # every owner's, longest waiting first
+    alices = waiting[0]
     assert alices["title"] == ANGRY and alices["handoff"]["state"] == "waiting"
     assert alices["handoff"]["reason"] and alices["handoff"]["since"]
     assert alices["nlu"]["route"] == "handoff"
@@ -545,3 +545,53 @@ def test_feedback_after_a_handoff_is_valid_training_data(tmp_path: Path) -> None
         {"role": "assistant", "content": "Over $60."},
     ]
     store.close()
+
+
+# ----- found by review: each a test of the fix ------------------------------------------------
+
+
+def test_agent_keys_alone_keep_the_open_servers_loopback_guard(make_client) -> None:
+    client = make_client(keys=[], agent_keys=AGENTS)
+    rebound = TestClient(client.app, "http://attacker.example")
+    assert rebound.get("/v1/conversations").status_code == 400  # DNS rebinding refused
+    assert client.get("/v1/conversations").status_code == 200  # loopback: open, as before
+
+
+def test_a_reply_generated_while_a_person_took_over_is_dropped(make_client, tokenizer) -> None:
+    import concurrent.futures
+
+    gate = GateBackend(tokenizer)
+    client = make_client(engine=ChatEngine(gate, ROUTING))
+    conv = new_conversation(client)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(client.post, "/v1/chat/completions",
+                              json=ask("Hi there", conv), headers=ALICE)  # fmt: skip
+        assert gate.started.wait(10)
+        client.post(f"/v1/conversations/{conv}/handoff", json={}, headers=ALICE)
+        client.post(f"/v1/handoffs/{conv}/messages", json={"content": "Hi, Sam here"},
+                    headers=AGENT)  # fmt: skip
+        gate.release.set()
+        body = pending.result(10).json()
+    assert body["choices"][0]["message"]["content"] == "" and body["handoff"]["state"] == "agent"
+    stored = client.get(f"/v1/conversations/{conv}", headers=ALICE).json()["messages"]
+    assert [(m["role"], m["content"]) for m in stored] == [
+        ("assistant", "Hi, Sam here"), ("user", "Hi there"),
+    ]  # fmt: skip
+    # the bot never spoke after the person took over; the question waits for the person
+
+
+def test_a_handoff_needs_no_prompt_so_a_long_message_still_reaches_a_person(client) -> None:
+    conv = new_conversation(client)
+    long_angry = ANGRY + " " + "I have waited for weeks and nothing arrived. " * 700
+    r = client.post("/v1/chat/completions", json=ask(long_angry, conv), headers=ALICE)
+    assert r.status_code == 200 and r.json()["handoff"]["state"] == "waiting"
+    assert len(json.dumps(r.json()["nlu"])) < 5000  # bounded, however long the message
+
+
+def test_liking_the_handoff_notice_teaches_nothing(client) -> None:
+    conv = handed_off(client)
+    notice = client.get(f"/v1/conversations/{conv}", headers=ALICE).json()["messages"][-1]
+    r = client.post(f"/v1/conversations/{conv}/messages/{notice['id']}/feedback",
+                    json={"rating": "up"}, headers=ALICE)  # fmt: skip
+    assert r.status_code == 201
+    assert list(client.app.state.store.feedback_conversations()) == []

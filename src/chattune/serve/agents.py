@@ -4,7 +4,7 @@ Every route here takes an *agent key* (``chattune serve --agent-key KEY``), neve
 customer key, and sees handed-off conversations of every owner (``waiting`` for a person or
 answered by one), and nothing else:
 
-- ``GET /v1/handoffs?state=waiting|agent|all&limit=N``: the queue, newest handoff first;
+- ``GET /v1/handoffs?state=waiting|agent|all&limit=N``: the queue, the longest waiting first;
 - ``GET /v1/handoffs/{id}``: one conversation with its messages;
 - ``POST /v1/handoffs/{id}/messages`` ``{"content", "agent"?}``: a reply, stored as an
   assistant message with ``author: agent``; the conversation is then the agent's;
@@ -70,7 +70,7 @@ def list_handoffs(
     state: Annotated[HandoffFilter, Query()] = "waiting",
     limit: Annotated[int, Query(ge=1, le=MAX_HANDOFF_LIST)] = 50,
 ) -> dict[str, Any]:
-    """Handed-off conversations of every customer, newest handoff first: each with its
+    """Handed-off conversations of every customer, the longest waiting first: each with its
     state, reason, since, title, last message and the decision that handed it off."""
     return {"object": "list", "data": store.list_handoffs(STATES[state], limit)}
 

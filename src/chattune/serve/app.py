@@ -16,6 +16,7 @@ The agents' routes (human handoff) live in :mod:`chattune.serve.agents`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mimetypes
 from collections.abc import AsyncIterator
@@ -103,7 +104,15 @@ def build_app(
         raise ValueError("a key cannot be both a customer key and an agent key")
     webhook = Webhook(handoff_webhook) if handoff_webhook else None
     docs = settings.docs
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if webhook is not None:  # queued deliveries are dropped, not waited for at exit
+            webhook.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="chattune",
         version="0.1.0",
         docs_url="/docs" if docs else None,
@@ -121,7 +130,9 @@ def build_app(
     # Added last = outermost: these run before routing, authentication and parsing.
     if keys or agent_key_bytes:
         app.add_middleware(RequireKey, keys=keys, agent_keys=agent_key_bytes)
-    elif not insecure:
+    # Without customer keys the customer routes are open: only a loopback Host may reach
+    # them (DNS rebinding), agent keys or not.
+    if not keys and not insecure:
         app.add_middleware(LoopbackHostOnly)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, read_timeout=settings.body_timeout)
     app.add_middleware(NoSniff)

@@ -114,6 +114,8 @@ def rated_examples(s: Session, owner: str | None) -> Iterator[FeedbackExample]:
             continue  # a bare thumbs-down says what not to do, not what to do
         if is_agent_reply(message_meta(msg)):
             continue  # exported once, as an agent's answer (below)
+        if fb.correction is None and is_handoff_notice(message_meta(msg)):
+            continue  # liking "a person will answer" must not teach promising one
         history = s.scalars(
             select(MessageRow)
             .where(MessageRow.conversation_id == msg.conversation_id, MessageRow.seq < msg.seq)

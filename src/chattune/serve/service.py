@@ -187,6 +187,8 @@ class ChatService:
                 param="max_tokens",
             )
         decision = self.engine.decide(history)
+        if decision.reply is not None:  # a template, handoff, FAQ answer: no prompt needed
+            return PreparedRequest(history, system, options, [], req.stop_list, decision)
         from jinja2 import TemplateError
 
         try:
@@ -360,6 +362,8 @@ class ChatService:
         p, text = await self._whole(lambda: self._prepare(req, owner), disconnected)
         text = text.strip()
         finish, usage, extra = await self._conclude(owner, req.conversation_id, p, text)
+        if "handoff" in extra and "message_id" not in extra:  # a person took over meanwhile
+            text = ""
         return completion(self.model_name, text, finish, usage, extra)
 
     async def stream(
@@ -450,9 +454,12 @@ class ChatService:
             if changed:
                 self.notify(conversation_id, handoff)
         else:
-            message_id = await asyncio.to_thread(self.store.append_exchange, *exchange)
-            if message_id is None:  # deleted while the reply was generated
+            stored = await asyncio.to_thread(self.store.append_bot_reply, *exchange)
+            if stored is None:  # deleted while the reply was generated
                 raise _gone(conversation_id)
+            message_id, handed_off = stored
+            if handed_off is not None:  # a person took over meanwhile: the reply is dropped
+                return finish, usage, {**extra, "handoff": handed_off}
             extra["message_id"] = message_id
         return finish, usage, {**extra, **sources}
 

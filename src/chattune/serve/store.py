@@ -165,6 +165,26 @@ class Store:
                 return None
             return self._add_exchange(s, row, user_text, reply_text, meta)
 
+    def append_bot_reply(
+        self, owner: str, conversation_id: str, user_text: str, reply_text: str,
+        meta: dict[str, Any],
+    ) -> tuple[str | None, dict[str, Any] | None] | None:  # fmt: skip
+        """:meth:`append_exchange` for the bot's reply, unless a person took the
+        conversation while it was generated: then the question is stored alone (the
+        person answers it) and the reply is dropped.
+
+        Returns (the reply's id or ``None`` if dropped, the ``handoff`` field if handed
+        off), or ``None`` if the conversation is not the owner's.
+        """
+        with self.session() as s:
+            row = self._locked(s, conversation_id, owner)
+            if row is None:
+                return None
+            if row.handoff_state in HANDED_OFF:
+                self._add_messages(s, row, [("user", user_text, None)])
+                return None, handoff_summary(row)
+            return self._add_exchange(s, row, user_text, reply_text, meta), None
+
     def append_handoff(
         self,
         owner: str,
@@ -263,13 +283,14 @@ class Store:
             return self._summary(row), changed
 
     def list_handoffs(self, states: tuple[HandoffState, ...], limit: int) -> list[dict[str, Any]]:
-        """Handed-off conversations of every owner in ``states``, newest handoff first, each
+        """Handed-off conversations of every owner in ``states``, the longest waiting first
+        (a queue: a flood of new handoffs cannot push an old one out of ``limit``), each
         with its last message (a preview) and the decision that triggered the handoff."""
         with self.session() as s:
             rows = s.scalars(
                 select(ConversationRow)
                 .where(ConversationRow.handoff_state.in_(states))
-                .order_by(ConversationRow.handoff_at.desc(), ConversationRow.id)
+                .order_by(ConversationRow.handoff_at, ConversationRow.id)
                 .limit(limit)
             ).all()
             last = self._last_messages(s, [r.id for r in rows])
