@@ -403,3 +403,13 @@ def test_train_names_what_is_missing(intents_files, tmp_path: Path) -> None:
     result = run_cli("nlu", "train", "--data", str(train), "--output", str(tmp_path / "x"),
                      "--regime", "zeroshot")  # fmt: skip
     assert result.returncode == 2 and "zero-shot needs intent descriptions" in result.stderr
+
+
+def test_what_one_message_costs_and_returns_is_bounded() -> None:
+    from chattune.nlu.entities import MAX_ENTITIES
+
+    nlu = NLU()
+    flood = [Message("user", "$1 monday " * 4000)] * 6
+    a = nlu.analyze(flood)
+    assert len(a.entities) == MAX_ENTITIES and all(e.end <= 2000 for e in a.entities)
+    assert len(json.dumps(a.as_dict())) < 5000

@@ -24,7 +24,7 @@ from chattune.chat.profile import BotProfile
 from chattune.chat.routing import Decision, decide
 from chattune.data.render import generation_prompt_ids, keep_newest, neutralise_messages
 from chattune.data.types import Message
-from chattune.errors import ChattuneError, ConfigError
+from chattune.errors import ChattuneError, ConfigError, ModelError
 from chattune.knowledge.grounding import Grounding, Knowledge
 from chattune.model.generation import Generated, GenerationOptions
 from chattune.nlu.pipeline import NLU
@@ -38,6 +38,24 @@ class PromptTooLong(ChattuneError):
     def __init__(self, message: str, prompt_tokens: int, budget: int) -> None:
         super().__init__(message)
         self.prompt_tokens, self.budget = prompt_tokens, budget
+
+
+def check_routes(profile: BotProfile, knowledge: Knowledge | None) -> None:
+    """ConfigError if a route needs what the bot lacks (a knowledge base)."""
+    if knowledge is None and any(r.action_name == "knowledge" for r in profile.routes):
+        raise ConfigError("--profile: a route has action 'knowledge' but there is no "
+                          "knowledge base; pass --kb DIR")  # fmt: skip
+
+
+def nlu_for(profile: BotProfile) -> NLU | None:
+    """The NLU a profile asks for: with routes or an intent model; None without either."""
+    if not (profile.routes or profile.nlu.model):
+        return None
+    try:
+        return NLU(profile.nlu)
+    except ModelError as e:
+        raise ConfigError(f"--profile nlu.model: {e}; train one with `chattune nlu train "
+                          f"--output {profile.nlu.model}` (make demo does)") from None  # fmt: skip
 
 
 def split_system(messages: list[Message]) -> tuple[str | None, list[Message]]:
@@ -70,12 +88,8 @@ class ChatEngine:
         self.backend = backend
         self.profile = p = profile or BotProfile()
         self.knowledge = knowledge
-        if nlu is None and (p.routes or p.nlu.model):
-            nlu = NLU(p.nlu)
-        self.nlu = nlu
-        if knowledge is None and any(r.action_name == "knowledge" for r in p.routes):
-            raise ConfigError("--profile: a route has action 'knowledge' but there is no "
-                              "knowledge base; pass --kb DIR")  # fmt: skip
+        check_routes(p, knowledge)
+        self.nlu = nlu if nlu is not None else nlu_for(p)
 
     @property
     def tokenizer(self) -> Any:

@@ -101,6 +101,9 @@ def _with_bases(path: Path, seen: list[Path]) -> dict[str, Any]:
         return data
     if not isinstance(base, str) or not base.strip():
         raise ConfigError(f"--profile {path}: 'extends' must be the path of another profile")
+    if not (path.parent / base).is_file():
+        raise ConfigError(f"--profile {path}: extends {base}: no such file "
+                          f"(looked for {path.parent / base})")  # fmt: skip
     merged = _with_bases(path.parent / base, [*seen, path.resolve()])
     for key, value in data.items():
         if key in _MERGED and isinstance(value, dict) and isinstance(merged.get(key), dict):

@@ -132,6 +132,8 @@ def engine_for(
     """A chat engine on model ``spec``, generating with ``backend`` (loads the model:
     seconds to minutes)."""
     from chattune.backends.registry import open_backend
-    from chattune.chat.engine import ChatEngine
+    from chattune.chat.engine import ChatEngine, check_routes, nlu_for
 
-    return ChatEngine(open_backend(spec, backend), profile, kb)
+    check_routes(profile, kb)  # a bad profile fails in a second, before the model loads
+    nlu = nlu_for(profile)
+    return ChatEngine(open_backend(spec, backend), profile, kb, nlu)

@@ -22,7 +22,9 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
+import itertools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -31,7 +33,11 @@ from chattune.errors import ConfigError
 from chattune.nlu.types import Entity
 
 #: Which type wins when two spans overlap.
-PRIORITY = ("email", "order_id", "phone", "amount", "date")
+PRIORITY = ("email", "phone", "order_id", "amount", "date")
+#: Bounds on what one text costs and returns: a message of 2,000 "$1 " is one amount
+#: repeated, not 666 details a router needs (and dateparser reads each date span).
+MAX_ENTITIES = 20
+MAX_DATE_SPANS = 10
 
 EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}(?!\w)")
 #: An id with a letter prefix ("PC-104233", "A12345"), or digits after "order" / "#".
@@ -75,7 +81,10 @@ _MONTH = (
     r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
     r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
 )
-_DAY = r"(?:mon|tues?|wed(?:nes)?|thu(?:rs?)?|fri|sat(?:ur)?|sun)(?:day)?"
+_DAY = r"(?:mon|tues|wednes|thurs|fri|satur|sun)day"
+#: Abbreviations are words too ("she sat", "the sun"): only after next/last/this/on.
+_DAY_SHORT = r"(?:mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun)\.?"
+_SEASON = r"(?:weekend|spring|summer|fall|autumn|winter)"
 _COUNT = r"(?:\d+|an?|one|two|three|four|five|six|seven|eight|nine|ten|a couple of|a few)"
 _UNIT = r"(?:days?|weeks?|months?|years?)"
 _SHORT = r"(?:min(?:ute)?s?|h(?:ou)?rs?|hours?)"
@@ -87,8 +96,11 @@ DATE = re.compile(
     rf"|{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?(?:,?\s+\d{{4}})?"  # March 3rd, 2026
     rf"|\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}(?:,?\s+\d{{4}})?"  # 3 March
     rf"|(?:the\s+)?(?:start|beginning|middle|end)\s+of\s+{_MONTH}"  # the end of May
+    rf"|{_MONTH}\.?\s+(?:19|20)\d\d"  # March 2023
     rf"|(?:(?:next|last|this)\s+)?{_DAY}(?:\s+{_PART})?"  # next Tuesday, friday evening
-    rf"|(?:next|last|this)\s+(?:week(?:end)?|month|year)|this\s+{_PART}|last\s+night"
+    rf"|(?:next|last|this)\s+{_DAY_SHORT}|(?<=\bon\s){_DAY_SHORT}"  # next tue, on Sat
+    rf"|(?:next|last|this)\s+(?:week|month|year|{_SEASON})|this\s+{_PART}|last\s+night"
+    rf"|(?:today|tomorrow|yesterday)\s+{_PART}"  # tomorrow morning
     rf"|(?:{_COUNT}\s+)?{_UNIT}\s+ago|(?:{_COUNT}\s+){_SHORT}\s+ago"  # 2 weeks / an hour ago
     rf"|in\s+{_COUNT}\s+{_UNIT}"
     r"|(?:(?<=\bin\s)|(?<=\bsince\s))(?:19|20)\d\d"  # in 2024
@@ -142,11 +154,7 @@ class EntityExtractor:
         rank = {t: i for i, t in enumerate(PRIORITY)}
         found.sort(key=lambda e: (rank.get(e.type, len(rank)), e.source == "model",
                                   -(e.end - e.start), e.start))  # fmt: skip
-        kept: list[Entity] = []
-        for e in found:
-            if all(e.end <= k.start or e.start >= k.end for k in kept):
-                kept.append(e)
-        return sorted(kept, key=lambda e: e.start)
+        return _settle(found)[:MAX_ENTITIES]
 
     def _patterns(self, text: str) -> list[Entity]:
         out = []
@@ -165,7 +173,10 @@ class EntityExtractor:
         import phonenumbers
 
         out = []
-        for m in phonenumbers.PhoneNumberMatcher(text, self.region):
+        # POSSIBLE: the right length for its country; VALID would also need an assigned
+        # range, and drops fictional numbers (555-..., +44 7700 900...) customers type too
+        leniency = phonenumbers.Leniency.POSSIBLE
+        for m in phonenumbers.PhoneNumberMatcher(text, self.region, leniency):
             e164 = phonenumbers.format_number(m.number, phonenumbers.PhoneNumberFormat.E164)
             out.append(Entity("phone", m.raw_string, m.start, m.end, e164))
         return out
@@ -193,6 +204,20 @@ class EntityExtractor:
         return out
 
 
+def _settle(found: list[Entity]) -> list[Entity]:
+    """The entities of ``found`` (best first) that overlap no better one, in reading
+    order; the kept spans stay sorted, so each check is a binary search."""
+    starts: list[int] = []
+    kept: list[Entity] = []
+    for e in found:
+        i = bisect.bisect_right(starts, e.start)
+        if (i > 0 and kept[i - 1].end > e.start) or (i < len(kept) and kept[i].start < e.end):
+            continue
+        starts.insert(i, e.start)
+        kept.insert(i, e)
+    return kept
+
+
 def _emails(text: str) -> list[Entity]:
     return [
         Entity("email", m.group(0), m.start(), m.end(), m.group(0).lower())
@@ -202,7 +227,7 @@ def _emails(text: str) -> list[Entity]:
 
 def _dates(text: str, today: dt.date | None) -> list[Entity]:
     """Date-shaped spans, each read by dateparser (a span it cannot read is dropped)."""
-    spans = list(DATE.finditer(text))
+    spans = list(itertools.islice(DATE.finditer(text), MAX_DATE_SPANS))
     if not spans:
         return []
     import dateparser
@@ -231,14 +256,35 @@ def _readable(phrase: str, today: dt.date) -> str:
         return "today"
     if p == "last night":
         return "yesterday"
-    if p == "this weekend":
-        return (today + dt.timedelta(days=(5 - today.weekday()) % 7)).isoformat()
+    if m := re.fullmatch(r"(next|last|this)\s+(weekend|spring|summer|fall|autumn|winter)", p):
+        return _season(m.group(1), m.group(2), today).isoformat()
+    if m := re.fullmatch(r"(today|tomorrow|yesterday)\s+\w+", p):
+        return m.group(1)
     if m := re.match(r"(?:the\s+)?(start|beginning|middle|end)\s+of\s+(\w+)", p):
         day = {"start": "1", "beginning": "1", "middle": "15"}.get(m.group(1))
         return f"{m.group(2)} {day}" if day else f"{m.group(2)} 28"  # never past the month
     p = re.sub(r"\s+(morning|afternoon|evening|night)$", "", p)
     p = re.sub(r"^(days?|weeks?|months?|years?) ago", r"1 \1 ago", p)  # "weeks ago": 1 at least
     return re.sub(r"\bmin\b", "minutes", p)
+
+
+#: The day each season starts (northern hemisphere; month, day).
+_SEASONS = {"spring": (3, 20), "summer": (6, 21), "fall": (9, 22), "autumn": (9, 22),
+            "winter": (12, 21)}  # fmt: skip
+
+
+def _season(which: str, name: str, today: dt.date) -> dt.date:
+    """The Saturday of "next/last/this weekend", or the first day of that season."""
+    if name == "weekend":
+        saturday = today + dt.timedelta(days=(5 - today.weekday()) % 7)
+        return saturday + dt.timedelta(days={"next": 7, "last": -7}.get(which, 0))
+    month, day = _SEASONS[name]
+    start = dt.date(today.year, month, day)
+    if which == "next" and start <= today:
+        start = start.replace(year=today.year + 1)
+    if which == "last" and start >= today:
+        start = start.replace(year=today.year - 1)
+    return start
 
 
 def _compile(kind: str, pattern: str) -> re.Pattern[str]:

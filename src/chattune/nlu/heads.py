@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -22,7 +23,13 @@ HEAD = "head.safetensors"
 
 
 class MeanPooledClassifier(nn.Module):
-    """Encoder -> mean of the (unmasked) token vectors -> dropout -> linear."""
+    """Encoder -> mean of the (unmasked) token vectors -> unit length -> dropout -> linear.
+
+    The unit vector is the sentence embedding exactly as the sentence-transformers model
+    computes it, so :meth:`probe` can start the head from a logistic regression on the
+    frozen embeddings (linear probing, then fine-tuning: Kumar et al., 2022), and
+    fine-tuning begins where the strongest cheap baseline ends.
+    """
 
     def __init__(self, encoder: Path | str, num_labels: int, dropout: float = 0.1) -> None:
         super().__init__()
@@ -42,11 +49,30 @@ class MeanPooledClassifier(nn.Module):
         hidden = out.last_hidden_state  # (B, T, H)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, H)
-        logits = self.head(self.dropout(pooled))  # (B, labels)
+        unit = nn.functional.normalize(pooled, dim=-1)  # (B, H), as sentence-transformers
+        logits = self.head(self.dropout(unit))  # (B, labels)
         result: dict[str, Any] = {"logits": logits}
         if labels is not None:
             result["loss"] = nn.functional.cross_entropy(logits, labels)
         return result
+
+    @torch.no_grad()
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The unit sentence vectors (B, H) of a tokenized batch."""
+        hidden = self.encoder(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
+
+    def probe(self, vectors: np.ndarray, labels: np.ndarray, c: float = 10.0) -> float:
+        """Set the head to a logistic regression (scikit-learn) on frozen ``vectors``;
+        its accuracy on them. Every label must occur in ``labels``."""
+        from sklearn.linear_model import LogisticRegression
+
+        lr = LogisticRegression(C=c, max_iter=3000).fit(vectors, labels)
+        order = np.argsort(lr.classes_)  # rows in label-id order
+        self.head.weight.data = torch.tensor(lr.coef_[order], dtype=self.head.weight.dtype)
+        self.head.bias.data = torch.tensor(lr.intercept_[order], dtype=self.head.bias.dtype)
+        return float(lr.score(vectors, labels))
 
     def save(self, folder: Path) -> None:
         """The encoder as a Hugging Face folder, the head beside it."""

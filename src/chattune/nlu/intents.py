@@ -88,6 +88,8 @@ def load_intent_model(folder: str | Path) -> IntentModel:
     """The classifier ``chattune nlu train`` wrote to ``folder``."""
     folder = Path(folder)
     path = folder / MANIFEST
+    if not folder.is_dir():
+        raise ModelError(f"{folder}: no such folder")
     if not path.is_file():
         raise ModelError(f"{folder}: no {MANIFEST}; is it a folder from `chattune nlu train`?")
     manifest = json.loads(path.read_text(encoding="utf-8"))

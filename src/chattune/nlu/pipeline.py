@@ -29,6 +29,10 @@ from chattune.nlu.settings import NluSettings
 from chattune.nlu.tokens import FOLDER, Tagger
 from chattune.nlu.types import Analysis
 
+#: What the NLU reads of each customer turn: the start of a long message says what it is
+#: about, and a 32,000-character message must not cost a second of entity parsing.
+MAX_CHARS = 2000
+
 
 class NLU:
     """Intent (if a model is given), entities and sentiment of a conversation's last turn.
@@ -57,7 +61,8 @@ class NLU:
     def analyze(self, history: list[Message], today: dt.date | None = None) -> Analysis:
         """The analysis of the newest user message in ``history``."""
         t = time.perf_counter()
-        users = [m.content for m in history if m.role == "user"][-self.settings.memory_turns :]
+        turns = [m.content for m in history if m.role == "user"][-self.settings.memory_turns :]
+        users = [u[:MAX_CHARS] for u in turns]  # the classifier reads 128 tokens anyway
         if not users:
             return Analysis(None, 0.0)
         text = users[-1]

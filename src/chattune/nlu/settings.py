@@ -39,7 +39,7 @@ class IntentTraining(BaseModel):
     validation: float = Field(0.2, gt=0, lt=1, description="share of each intent held out")
     epochs: int = Field(30, ge=1, le=1000, description="finetune: at most this many epochs")
     patience: int = Field(4, ge=1, description="finetune: epochs without improvement to stop")
-    lr: float = Field(1e-4, gt=0, le=1)
+    lr: float = Field(5e-5, gt=0, le=1)
     pooling: Literal["mean", "cls"] = Field(
         "mean",
         description="finetune: head on mean-pooled tokens (as sentence encoders "

@@ -178,6 +178,8 @@ def _finetune(
     tokenizer = AutoTokenizer.from_pretrained(encoder)
     if s.pooling == "mean":
         model: Any = MeanPooledClassifier(encoder, len(labels))
+        if {e.intent for e in train} == set(labels):
+            _probe(model, tokenizer, train, index)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(
             encoder, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=index
@@ -230,6 +232,19 @@ def _finetune(
             trainer.model.save_pretrained(classifier)
         tokenizer.save_pretrained(classifier)
     return {"best_validation_accuracy": best, "epochs_run": epochs, "pooling": s.pooling}
+
+
+def _probe(model: Any, tokenizer: Any, train: list[IntentExample], index: dict[str, int]) -> None:
+    """Start the head from logistic regression on the frozen encoder's embeddings."""
+    vectors = []
+    model.eval()
+    for i in range(0, len(train), 128):
+        batch = tokenizer([e.text for e in train[i : i + 128]], padding=True, truncation=True,
+                          max_length=128, return_tensors="pt")  # fmt: skip
+        vectors.append(model.embed(dict(batch)).numpy())
+    accuracy = model.probe(np.concatenate(vectors), np.array([index[e.intent] for e in train]))
+    model.train()
+    log.info("linear probe: training accuracy %.3f", accuracy)
 
 
 def _fewshot(
