@@ -413,3 +413,20 @@ def test_what_one_message_costs_and_returns_is_bounded() -> None:
     a = nlu.analyze(flood)
     assert len(a.entities) == MAX_ENTITIES and all(e.end <= 2000 for e in a.entities)
     assert len(json.dumps(a.as_dict())) < 5000
+
+
+def test_training_in_process_leaves_accelerate_free_for_chattune_train(
+    tiny_encoder: Path, intents_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """transformers' Trainer sets Accelerate's process-wide state; a `chattune train` after
+    it in the same process (a notebook, the test suite) must still choose its precision."""
+    from accelerate import Accelerator
+
+    from chattune.nlu.settings import IntentTraining
+    from chattune.nlu.train import train_intents
+
+    train, _ = intents_files
+    settings = IntentTraining(regime="finetune", encoder=str(tiny_encoder), epochs=1,
+                              entity_epochs=1)  # fmt: skip
+    train_intents(read_intents(train), tmp_path / "nlu", settings)
+    Accelerator(cpu=True, mixed_precision="bf16")  # raised ValueError before the reset

@@ -82,6 +82,7 @@ def train_intents(
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-nlu-", dir=output.parent))
     t = time.perf_counter()
+    _fresh_accelerate()
     try:
         if regime == "finetune":
             extra = _finetune(examples, validation, labels, encoder, tmp, settings)
@@ -123,8 +124,20 @@ def train_intents(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _fresh_accelerate()
     model.threshold, model.manifest = threshold, manifest
     return model
+
+
+def _fresh_accelerate() -> None:
+    """Forget Accelerate's process-wide state. transformers' and SetFit's trainers set it
+    (no mixed precision, here), and a later ``chattune train`` in the same process asks for
+    its own precision: Accelerate refuses to change it ("AcceleratorState has already been
+    initialized"). The NLU trains on one process, so nothing else shares that state."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def _regime(
