@@ -426,7 +426,37 @@ def test_training_in_process_leaves_accelerate_free_for_chattune_train(
     from chattune.nlu.train import train_intents
 
     train, _ = intents_files
+    marked = tmp_path / "marked.csv"  # a type no pattern covers: the tagger learns it
+    marked.write_text(train.read_text() + "where is my [summit pack](sku),order_status\n"
+                      "refund the [trail mug](sku),refund\n", encoding="utf-8")  # fmt: skip
     settings = IntentTraining(regime="finetune", encoder=str(tiny_encoder), epochs=1,
-                              entity_epochs=1)  # fmt: skip
-    train_intents(read_intents(train), tmp_path / "nlu", settings)
+                              entities="auto", entity_epochs=1)  # fmt: skip
+    model = train_intents(read_intents(marked), tmp_path / "nlu", settings)
+    assert model.manifest["entities"]["types"] == ["sku"]
+    nlu = NLU(NluSettings(model=str(tmp_path / "nlu")))
+    assert nlu.entities.tagger is not None  # loaded beside the classifier
+    found = nlu.entities.extract("refund order PC-104233")
+    assert [e.type for e in found if e.source != "model"] == ["order_id"]
+    assert all(e.type == "sku" for e in found if e.source == "model")
     Accelerator(cpu=True, mixed_precision="bf16")  # raised ValueError before the reset
+
+
+def test_bio_labels_follow_the_marked_spans_token_by_token() -> None:
+    from transformers import AutoTokenizer
+
+    from chattune.nlu.data import IntentExample
+    from chattune.nlu.tokens import bio_labels, encode, learned_types
+
+    tokenizer = AutoTokenizer.from_pretrained(encoder_folder("minilm"))
+    text, spans = parse_marked("cancel [summit pack](sku) now")
+    labels = bio_labels(["sku"])
+    index = {name: i for i, name in enumerate(labels)}
+    enc = encode(tokenizer, IntentExample(text, "cancel_order", spans), index, {"sku"})
+    tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"])
+    named = [labels[i] if i >= 0 else None for i in enc["labels"]]
+    assert list(zip(tokens, named, strict=True)) == [
+        ("[CLS]", None), ("cancel", "O"), ("summit", "B-sku"), ("pack", "I-sku"),
+        ("now", "O"), ("[SEP]", None),
+    ]  # fmt: skip
+    marked = [IntentExample("x", "i", [Span("sku", 0, 1), Span("date", 0, 1)])]
+    assert learned_types(marked, {"date"}) == {"sku"}  # patterns own the shaped types
