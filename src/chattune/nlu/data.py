@@ -15,7 +15,7 @@ text or intent), as for dialogue data.
 
 Example:
     >>> parse_marked("where is order [PC-104233](order_id)?")
-    ('where is order PC-104233?', [Span('order_id', 15, 24)])
+    ('where is order PC-104233?', [Span(type='order_id', start=15, end=24)])
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import csv
 import io
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,6 +145,33 @@ def _rows(path: Path, text: str, problems: list[str]) -> list[tuple[int, str, st
 def _pick(names: object, wanted: tuple[str, ...]) -> str | None:
     by_lower = {str(n).strip().lower(): str(n) for n in names}  # type: ignore[attr-defined]
     return next((by_lower[w] for w in wanted if w in by_lower), None)
+
+
+def span_scores(
+    pairs: Iterable[tuple[set[tuple[str, int, int]], set[tuple[str, int, int]]]],
+) -> dict[str, dict[str, float]]:
+    """Exact-span precision, recall and F1 per type from (gold, found) sets of
+    ``(type, start, end)``, one pair per text.
+
+    Example:
+        >>> span_scores([({("date", 0, 5)}, {("date", 0, 5), ("date", 9, 12)})])["date"]["f1"]
+        0.6667
+    """
+    tp: Counter[str] = Counter()
+    fp: Counter[str] = Counter()
+    fn: Counter[str] = Counter()
+    for gold, found in pairs:
+        tp.update(k for k, *_ in found & gold)
+        fp.update(k for k, *_ in found - gold)
+        fn.update(k for k, *_ in gold - found)
+    out = {}
+    for kind in sorted(set(tp) | set(fp) | set(fn)):
+        p = tp[kind] / max(tp[kind] + fp[kind], 1)
+        r = tp[kind] / max(tp[kind] + fn[kind], 1)
+        out[kind] = {"precision": round(p, 4), "recall": round(r, 4),
+                     "f1": round(2 * p * r / max(p + r, 1e-12), 4),
+                     "support": tp[kind] + fn[kind]}  # fmt: skip
+    return out
 
 
 def counts(examples: list[IntentExample]) -> Counter[str]:

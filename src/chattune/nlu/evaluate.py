@@ -12,14 +12,13 @@ a server sees them, for the classifier alone and for the whole analysis (intent 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from chattune.data.types import Message
-from chattune.nlu.data import IntentExample
+from chattune.nlu.data import IntentExample, span_scores
 from chattune.nlu.pipeline import NLU
 
 
@@ -58,29 +57,11 @@ def intent_scores(gold: list[str], predicted: list[str], resamples: int = 1000) 
 
 def entity_scores(examples: list[IntentExample], nlu: NLU) -> dict[str, Any]:
     """Span-level precision, recall and F1 per entity type (exact type and boundaries)."""
-    tp: Counter[str] = Counter()
-    fp: Counter[str] = Counter()
-    fn: Counter[str] = Counter()
-    for e in examples:
-        gold = {(s.type, s.start, s.end) for s in e.spans}
-        found = {(x.type, x.start, x.end) for x in nlu.entities.extract(e.text)}
-        for kind, *_ in found & gold:
-            tp[kind] += 1
-        for kind, *_ in found - gold:
-            fp[kind] += 1
-        for kind, *_ in gold - found:
-            fn[kind] += 1
-    out = {}
-    for kind in sorted(set(tp) | set(fp) | set(fn)):
-        p = tp[kind] / max(tp[kind] + fp[kind], 1)
-        r = tp[kind] / max(tp[kind] + fn[kind], 1)
-        out[kind] = {
-            "precision": round(p, 4),
-            "recall": round(r, 4),
-            "f1": round(2 * p * r / max(p + r, 1e-12), 4),
-            "support": tp[kind] + fn[kind],
-        }
-    return out
+    return span_scores(
+        ({(s.type, s.start, s.end) for s in e.spans},
+         {(x.type, x.start, x.end) for x in nlu.entities.extract(e.text)})
+        for e in examples
+    )  # fmt: skip
 
 
 def latency(nlu: NLU, texts: list[str], repeats: int = 1) -> dict[str, float]:

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from chattune.nlu.data import IntentExample
+from chattune.nlu.data import IntentExample, span_scores
 from chattune.nlu.types import Entity
 
 log = logging.getLogger(__name__)
@@ -126,24 +126,12 @@ class Tagger:
 
 def tagger_f1(tagger: Tagger, examples: list[IntentExample], types: set[str]) -> dict[str, float]:
     """Exact-span F1 per type of ``tagger`` on marked ``examples``."""
-    tp: dict[str, int] = {}
-    fp: dict[str, int] = {}
-    fn: dict[str, int] = {}
-    for e in examples:
-        gold = {(s.type, s.start, s.end) for s in e.spans if s.type in types}
-        found = {(x.type, x.start, x.end) for x in tagger.extract(e.text)}
-        for k, *_ in gold & found:
-            tp[k] = tp.get(k, 0) + 1
-        for k, *_ in found - gold:
-            fp[k] = fp.get(k, 0) + 1
-        for k, *_ in gold - found:
-            fn[k] = fn.get(k, 0) + 1
-    out = {}
-    for k in sorted(types):
-        p = tp.get(k, 0) / max(tp.get(k, 0) + fp.get(k, 0), 1)
-        r = tp.get(k, 0) / max(tp.get(k, 0) + fn.get(k, 0), 1)
-        out[k] = round(float(2 * p * r / max(p + r, 1e-12)), 4)
-    return out
+    scores = span_scores(
+        ({(s.type, s.start, s.end) for s in e.spans if s.type in types},
+         {(x.type, x.start, x.end) for x in tagger.extract(e.text)})
+        for e in examples
+    )  # fmt: skip
+    return {k: scores.get(k, {"f1": 0.0})["f1"] for k in sorted(types)}
 
 
 def learned_types(examples: list[IntentExample], pattern_types: set[str]) -> set[str]:
