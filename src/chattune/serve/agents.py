@@ -17,6 +17,7 @@ does not exist a 404.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -75,10 +76,11 @@ def list_handoffs(
     return {"object": "list", "data": store.list_handoffs(STATES[state], limit)}
 
 
-@router.get("/{conversation_id}")
-def get_handoff(conversation_id: Id, _: Agent, store: Db) -> dict[str, Any]:
+def _handed_off(call: Callable[[str], dict[str, Any] | None], conversation_id: str) -> Any:
+    """``call(conversation_id)`` on a handed-off conversation: 409 if the bot answers it,
+    404 if there is none."""
     try:
-        found = store.get_handoff(conversation_id)
+        found = call(conversation_id)
     except NotHandedOff as e:
         raise _conflict(e) from None
     if found is None:
@@ -86,25 +88,18 @@ def get_handoff(conversation_id: Id, _: Agent, store: Db) -> dict[str, Any]:
     return found
 
 
+@router.get("/{conversation_id}")
+def get_handoff(conversation_id: Id, _: Agent, store: Db) -> dict[str, Any]:
+    return _handed_off(store.get_handoff, conversation_id)
+
+
 @router.post("/{conversation_id}/messages", status_code=201)
 def reply(conversation_id: Id, body: AgentMessage, _: Agent, store: Db) -> dict[str, Any]:
     """A person's reply to the customer; the conversation is then answered by the agent."""
-    try:
-        stored = store.agent_reply(conversation_id, body.content, body.agent)
-    except NotHandedOff as e:
-        raise _conflict(e) from None
-    if stored is None:
-        raise _not_found(conversation_id)
-    return stored
+    return _handed_off(lambda c: store.agent_reply(c, body.content, body.agent), conversation_id)
 
 
 @router.post("/{conversation_id}/release")
 def release(conversation_id: Id, _: Agent, store: Db) -> dict[str, Any]:
     """Give the conversation back to the bot: its next customer turn is answered again."""
-    try:
-        released = store.release(conversation_id)
-    except NotHandedOff as e:
-        raise _conflict(e) from None
-    if released is None:
-        raise _not_found(conversation_id)
-    return released
+    return _handed_off(store.release, conversation_id)
