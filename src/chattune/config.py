@@ -69,6 +69,11 @@ class ModelConfig(Section):
     )
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     trust_remote_code: bool = Field(False, description="run model code shipped with a folder")
+    adapter: str | None = Field(
+        None,
+        description="continue training this adapter (a chattune output folder trained on "
+        "model.base) instead of a new one; adapter.* then come from the folder",
+    )
 
 
 class DataConfig(Section):
@@ -141,6 +146,18 @@ class TrainConfig(Section):
     resume: bool = Field(False, description="continue from the newest complete checkpoint")
     progress: bool = True
     gradient_checkpointing: bool = False
+    anchor: Literal["none", "l2sp", "ewc"] = Field(
+        "none",
+        description="pull the trained weights toward where training started: l2sp (plain "
+        "squared distance) or ewc (weighted by a Fisher estimate from train.anchor_data)",
+    )
+    anchor_weight: float = Field(1.0, ge=0, description="strength of train.anchor")
+    anchor_data: list[str] = Field(
+        default_factory=list,
+        description="ewc: conversations whose Fisher information weights the anchor "
+        "(default: the training data)",
+    )
+    anchor_batches: int = Field(16, ge=1, description="ewc: batches for the Fisher estimate")
 
 
 class RunConfig(Section):

@@ -148,6 +148,27 @@ METHODS: dict[str, Callable[[Any, AdapterConfig, int], Prepared]] = {
 }
 
 
+def resume_adapter(model: Any, folder: str) -> Prepared:
+    """Load the peft adapter in ``folder`` onto ``model``, trainable: continue training it
+    (a learning round continues the current version rather than starting a new adapter).
+    """
+    import json
+    from pathlib import Path
+
+    from peft import PeftModel
+
+    config = Path(folder) / "adapter_config.json"
+    if not config.exists():
+        raise ConfigError(f"model.adapter {folder}: no adapter_config.json (not a peft adapter)")
+    kind = json.loads(config.read_text()).get("peft_type")
+    if kind == "ADALORA":  # its rank schedule was planned for the first run's steps
+        raise ConfigError(f"model.adapter {folder}: continuing an AdaLoRA adapter is not supported")
+    peft_model = PeftModel.from_pretrained(model, folder, is_trainable=True)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    log.info("continuing the adapter in %s: %s parameters train", folder, f"{trainable:,}")
+    return Prepared(peft_model, is_peft=True)
+
+
 def prepare(model: Any, cfg: AdapterConfig, total_steps: int) -> Prepared:
     """Apply ``cfg.method`` to ``model``; log how many parameters will be trained."""
     if cfg.method not in METHODS:

@@ -136,6 +136,8 @@ def train_step(run: Run, group: list[list[int]]) -> tuple[float, int]:
             loss = token_loss / max(n_labelled, 1)
             if run.prepared.regularizer is not None:
                 loss = loss + run.prepared.regularizer() / len(batches)
+            if run.anchor is not None:  # train.anchor: once per optimizer step in all
+                loss = loss + run.anchor() / len(batches)
         run.accelerator.backward(loss)
         loss_sum += token_loss.item()
     if run.cfg.train.max_grad_norm:

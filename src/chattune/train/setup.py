@@ -29,7 +29,7 @@ from chattune.data.dataset import (
 )
 from chattune.data.render import Encoded
 from chattune.errors import ConfigError
-from chattune.model.adapters import Prepared, prepare
+from chattune.model.adapters import Prepared, prepare, resume_adapter
 from chattune.model.loading import load_base
 from chattune.model.loss import LabelledLoss, unwrap_peft
 from chattune.train.checkpoint import TrainState
@@ -64,6 +64,8 @@ class Run:
     total_steps: int
     output: Path
     hooks: TrainHooks = field(default_factory=TrainHooks)
+    #: the pull toward the starting weights (``train.anchor``), or None
+    anchor: Any = None
     state: TrainState = field(default_factory=TrainState)
     stop_requested: bool = False  # Ctrl+C: checkpoint and exit
     early_stopped: bool = False
@@ -162,8 +164,12 @@ def build_accelerator(cfg: RunConfig) -> Any:
 
 
 def build_model(cfg: RunConfig, model: Any, total_steps: int) -> Prepared:
-    """Apply the method (LoRA, full, ...) to the base model; gradient checkpointing if asked."""
-    prepared = prepare(model, cfg.adapter, total_steps)
+    """Apply the method (LoRA, full, ...) to the base model, or load the adapter to
+    continue (``model.adapter``); gradient checkpointing if asked."""
+    if cfg.model.adapter:
+        prepared = resume_adapter(model, cfg.model.adapter)
+    else:
+        prepared = prepare(model, cfg.adapter, total_steps)
     if cfg.train.gradient_checkpointing:
         unwrap_peft(prepared.model).gradient_checkpointing_enable()
         if prepared.is_peft:
@@ -193,6 +199,7 @@ def build_run(cfg: RunConfig, hooks: TrainHooks | None = None) -> Run:
     # The scheduler is stepped by hand once per optimizer step: Accelerate's wrapper would
     # step it once per process, which changes the schedule with the number of processes.
     loss_module, optimizer = accelerator.prepare(LabelledLoss(prepared.model), optimizer)
+    anchor = build_anchor(cfg, prepared, loss_module, tokenizer, data, accelerator.device)
     return Run(
         cfg=cfg,
         accelerator=accelerator,
@@ -205,4 +212,34 @@ def build_run(cfg: RunConfig, hooks: TrainHooks | None = None) -> Run:
         total_steps=total,
         output=Path(cfg.train.output),
         hooks=hooks,
+        anchor=anchor,
     )
+
+
+def build_anchor(
+    cfg: RunConfig, prepared: Prepared, loss_module: Any, tokenizer: Any, data: Data, device: Any
+) -> Any:
+    """The ``train.anchor`` penalty at the starting weights (train/anchor.py), or None.
+
+    ewc's Fisher comes from ``train.anchor_data`` (old conversations) or, without it, from
+    the training set, in at most ``train.anchor_batches`` batches.
+    """
+    from chattune.data.batching import collate
+    from chattune.train import anchor
+
+    t = cfg.train
+    if t.anchor == "none" or t.anchor_weight == 0:
+        return None
+    if t.anchor == "l2sp":
+        return anchor.l2sp(prepared.model, t.anchor_weight)
+    if t.anchor_data:
+        items = read_splits(t.anchor_data, [], cfg.data.format, cfg.data.objective)[0]
+        examples = encode(cfg, items, tokenizer)[0]
+    else:
+        examples = data.train
+    if not examples:
+        raise ConfigError("train.anchor_data: no example fits data.max_len to estimate ewc from")
+    bs = t.batch_size
+    chunks = [examples[i : i + bs] for i in range(0, len(examples), bs)][: t.anchor_batches]
+    batches = (collate(c, tokenizer.pad_token_id) for c in chunks)
+    return anchor.ewc(prepared.model, loss_module, batches, device, t.anchor_weight)
