@@ -341,8 +341,8 @@ INTENTS: dict[str, tuple[list[str], list[str], str, list[tuple[str, str]]]] = {
 }
 
 
-def conversation(intent: str, question: str, rng: random.Random) -> dict:
-    _, _, answer, follow_ups = INTENTS[intent]
+def conversation(intent: str, question: str, rng: random.Random, intents: dict = INTENTS) -> dict:
+    _, _, answer, follow_ups = intents[intent]
     order = f"PC-{rng.randint(100000, 999999)}"
     product = rng.choice(PRODUCTS)
 
@@ -371,12 +371,12 @@ def conversation(intent: str, question: str, rng: random.Random) -> dict:
     return {"messages": messages}
 
 
-def build(split: str, per_question: int, seed: int) -> list[dict]:
+def build(split: str, per_question: int, seed: int, intents: dict = INTENTS) -> list[dict]:
     rng = random.Random(seed)
     rows = []
-    for intent, (train_qs, val_qs, _, _) in INTENTS.items():
+    for intent, (train_qs, val_qs, _, _) in intents.items():
         for question in train_qs if split == "train" else val_qs:
-            rows += [conversation(intent, question, rng) for _ in range(per_question)]
+            rows += [conversation(intent, question, rng, intents) for _ in range(per_question)]
     rng.shuffle(rows)
     return rows
 
