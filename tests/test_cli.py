@@ -43,6 +43,11 @@ REQUIRED = {
     "kb eval": ["--kb", "kb", "--data", "q.jsonl"],
     "nlu train": ["--data", "x.csv", "--output", "nlu"],
     "nlu eval": ["--model", "nlu", "--data", "x.csv"],
+    "models show": ["--bot", "pine", "--version", "1"],
+    "models promote": ["--bot", "pine", "--version", "1"],
+    "models rollback": ["--bot", "pine"],
+    "models register": ["runs/x", "--bot", "pine"],
+    "learn": ["--bot", "pine", "--data", "x.jsonl"],
 }
 
 

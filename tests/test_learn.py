@@ -306,3 +306,29 @@ def test_watch_runs_a_round_when_enough_is_new(registry_with_v1) -> None:
                    "learn.progress=false", cwd=tmp)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "Learning round: pine-v1 -> pine-v2" in done.stdout
+
+
+# ----- preference pairs from the store ------------------------------------------------
+
+
+def test_corrections_export_as_preference_pairs(tmp_path: Path) -> None:
+    from chattune.cli import main
+    from chattune.data.jsonl import read_jsonl
+    from chattune.serve.store import Store
+
+    db = tmp_path / "chat.db"
+    store = Store(str(db))
+    cid = store.create_conversation("alice")["id"]
+    first = store.append_exchange("alice", cid, "Hi", "Hello!")
+    second = store.append_exchange("alice", cid, "Is shipping free?", "Over $60.")
+    store.add_feedback("alice", cid, first, "up", None)  # nothing rejected: no pair
+    store.add_feedback("alice", cid, second, "down", "Over $50.")
+    store.add_feedback("alice", cid, second, "down", "Free over $40.")  # the newest wins
+    store.close()
+    out = tmp_path / "pairs.jsonl"
+    assert main(["data", "export-feedback", "--db", str(db), "--out", str(out), "--pairs"]) == 0
+    (_, pair), *rest = list(read_jsonl(out))
+    assert rest == []
+    assert [t["content"] for t in pair["prompt"]] == ["Hi", "Hello!", "Is shipping free?"]
+    assert pair["chosen"] == [{"role": "assistant", "content": "Free over $40."}]
+    assert pair["rejected"] == [{"role": "assistant", "content": "Over $60."}]

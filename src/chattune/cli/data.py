@@ -38,6 +38,11 @@ class ExportFeedbackConfig(Section):
     db: str = Field("chattune.db", description="sqlite path or SQLAlchemy URL")
     out: str = Field(min_length=1, description="training JSONL to write")
     owner: str | None = Field(None, description="only this owner's conversations (its hash)")
+    pairs: bool = Field(
+        False,
+        description="write preference pairs instead: each correction chosen over the reply "
+        "it corrected (TRL's prompt/chosen/rejected format, for DPO)",
+    )
 
 
 def cmd_data_check(cfg: DataCheckConfig) -> int:
@@ -71,10 +76,20 @@ def cmd_export_feedback(cfg: ExportFeedbackConfig) -> int:
     from the server's database as training JSONL: one {"messages": [...], "owner": HASH} per
     line (HASH: the API key's hash). Every line passes `chattune data check`."""
     from chattune.data.jsonl import write_jsonl
+    from chattune.serve.learning import preference_pairs
     from chattune.serve.store import Store
 
-    count = write_jsonl(cfg.out, Store(cfg.db).feedback_conversations(owner=cfg.owner))
-    print(f"wrote {count} conversations to {cfg.out}")
+    store = Store(cfg.db)
+    try:
+        if cfg.pairs:
+            with store.session() as s:
+                count = write_jsonl(cfg.out, preference_pairs(s, cfg.owner))
+            print(f"wrote {count} preference pairs to {cfg.out}")
+        else:
+            count = write_jsonl(cfg.out, store.feedback_conversations(owner=cfg.owner))
+            print(f"wrote {count} conversations to {cfg.out}")
+    finally:
+        store.close()
     return 0
 
 
@@ -99,7 +114,7 @@ DATA_STATS = Command(
 EXPORT_FEEDBACK = Command(
     "data export-feedback",
     ExportFeedbackConfig,
-    {"--db": "db", "--out": "out", "--owner": "owner"},
+    {"--db": "db", "--out": "out", "--owner": "owner", "--pairs": "pairs"},
     cmd_export_feedback,
 )
 COMMANDS = [DATA_CHECK, DATA_STATS, EXPORT_FEEDBACK]

@@ -69,6 +69,10 @@ class LearnConfig(Section):
         None, description="the server's database: its feedback and agents' answers are new data"
     )
     data: list[str] = Field(default_factory=list, description="more new conversations (files)")
+    val_data: list[str] = Field(
+        default_factory=list,
+        description="the new data's evaluation set (default: learn.new_val_share of it)",
+    )
     bot: BotSection = Field(default_factory=BotSection)
     learn: LearnSettings = Field(default_factory=LearnSettings)
     watch: bool = Field(False, description="keep running: a round whenever enough is new")
@@ -177,10 +181,18 @@ def cmd_models_register(cfg: ModelsRegisterConfig) -> int:
 # ----- learn ----------------------------------------------------------------------------
 
 
-def gather_new(cfg: LearnConfig, bot: Bot) -> tuple[list[Any], list[dict[str, Any]]]:
+def gather_new(
+    cfg: LearnConfig, bot: Bot, profile: Any = None
+) -> tuple[list[Any], list[dict[str, Any]]]:
     """The new conversations: the store's feedback (written to the bot's
     ``feedback.jsonl`` and read back through the training data's validation) and the
-    ``--data`` files, with a manifest entry for each source."""
+    ``--data`` files, with a manifest entry for each source.
+
+    The store keeps what was said, not the system prompt the server added from its
+    profile; feedback conversations get ``profile``'s system turn back, so the bot learns
+    from the prompt it answers under (without it, a chat template puts its own default
+    system prompt there: SmolLM2's "You are a helpful AI assistant named SmolLM").
+    """
     from chattune.data.jsonl import write_jsonl
     from chattune.data.readers import read_conversations
     from chattune.learn.registry import sha256_file
@@ -199,10 +211,19 @@ def gather_new(cfg: LearnConfig, bot: Bot) -> tuple[list[Any], list[dict[str, An
         finally:
             store.close()
         if count:
-            conversations += read_conversations(path, "messages")
+            conversations += [_with_system(c, profile) for c in read_conversations(path)]
             sources.append({"store": "feedback", "file": str(path), "sha256": sha256_file(path),
                             "conversations": count})  # fmt: skip
     return conversations, sources
+
+
+def _with_system(conversation: Any, profile: Any) -> Any:
+    from chattune.data.types import Conversation
+
+    system = profile.system_message() if profile is not None else None
+    if system is None or (conversation.messages and conversation.messages[0].role == "system"):
+        return conversation
+    return Conversation([system, *conversation.messages], conversation.source)
 
 
 def cmd_learn(cfg: LearnConfig) -> int:
@@ -223,10 +244,11 @@ def cmd_learn(cfg: LearnConfig) -> int:
 
 
 def _one_round(cfg: LearnConfig, bot: Bot, profile: Any) -> int:
-    from chattune.learn.round import run_round
+    from chattune.learn.round import read_new, run_round
 
-    new, sources = gather_new(cfg, bot)
-    result = run_round(bot, new, cfg.learn, sources, profile)
+    new, sources = gather_new(cfg, bot, profile)
+    held_out = read_new(cfg.val_data)[0] if cfg.val_data else None
+    result = run_round(bot, new, cfg.learn, sources, profile, held_out=held_out)
     print(result.report.read_text(encoding="utf-8"))
     print(f"report: {result.report}")
     if result.promoted:
@@ -248,7 +270,7 @@ def _watch(cfg: LearnConfig, bot: Bot, profile: Any) -> int:
 
     rounds, tried = 0, None
     while cfg.max_rounds is None or rounds < cfg.max_rounds:
-        new, _ = gather_new(cfg, bot)
+        new, _ = gather_new(cfg, bot, profile)
         lineage = read_lineage(bot, bot.require_current(), compile_retired(cfg.learn.retire))
         fresh = {fingerprint(c) for c in new} - lineage.known
         if len(fresh) >= cfg.learn.min_new and fresh != tried:
@@ -295,6 +317,7 @@ LEARN = Command(
         "--bot": "bot_name",
         "--db": "db",
         "--data": "data",
+        "--val-data": "val_data",
         **BOT_FLAGS,
         "--replay-ratio": "learn.replay_ratio",
         "--epochs": "learn.epochs",

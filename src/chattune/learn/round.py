@@ -50,7 +50,7 @@ class LearnSettings(Section):
     """How a round learns and when its candidate is promoted (``chattune learn``)."""
 
     replay_ratio: float = Field(
-        1.0, ge=0, le=100, description="old conversations replayed per new one (0: no replay)"
+        4.0, ge=0, le=100, description="old conversations replayed per new one (0: no replay)"
     )
     new_val_share: float = Field(
         0.25, gt=0, lt=1, description="share of the new conversations held out for the gate"
@@ -103,9 +103,16 @@ class NewData:
     duplicates: int  # repeated within the new data, or already learned
 
 
-def gather(new: list[Conversation], known: set[str], settings: LearnSettings) -> NewData:
+def gather(
+    new: list[Conversation],
+    known: set[str],
+    settings: LearnSettings,
+    held_out: list[Conversation] | None = None,
+) -> NewData:
     """De-duplicate ``new`` (also against ``known`` fingerprints) and hold out a seeded
-    share for the gate; at least one conversation on each side."""
+    share for the gate, at least one conversation on each side; or, given ``held_out``
+    (conversations written to test the new data: other phrasings), train on all of ``new``
+    and hold out those."""
     seen, kept = set(known), []
     for conv in new:
         fp = fingerprint(conv)
@@ -114,6 +121,11 @@ def gather(new: list[Conversation], known: set[str], settings: LearnSettings) ->
             kept.append(conv)
     if len(kept) < settings.min_new:
         raise NotEnoughData(len(kept), settings.min_new, len(new) - len(kept))
+    if held_out:
+        trained = {fingerprint(c) for c in kept}
+        if any(fingerprint(c) in trained for c in held_out):
+            raise DataError(["--val-data: a held-out conversation is also in the new data"])
+        return NewData(kept, list(held_out), len(new) - len(kept))
     order = list(range(len(kept)))
     random.Random(settings.seed).shuffle(order)
     n_val = min(len(kept) - 1, max(1, round(len(kept) * settings.new_val_share)))
@@ -318,10 +330,12 @@ def run_round(
     profile: Any = None,
     evaluator: Evaluator | None = None,
     train: Callable[[RunConfig], dict[str, Any]] | None = None,
+    held_out: list[Conversation] | None = None,
 ) -> RoundResult:
     """Learn ``new`` on top of ``bot``'s current version; see the module docstring.
 
     Args:
+        held_out: the new data's evaluation set, instead of a share of ``new``.
         sources: where ``new`` came from (files with their sha256, the store), recorded in
             the manifest.
         evaluator, train: replace the real evaluation / training (tests of the gate).
@@ -334,7 +348,7 @@ def run_round(
     current = bot.require_current()
     patterns = compile_retired(settings.retire)
     lineage = read_lineage(bot, current, patterns)
-    data = gather(new, lineage.known, settings)
+    data = gather(new, lineage.known, settings, held_out)
     replay = replay_sample(lineage.train, len(data.train), settings)
     candidate = bot.claim()
     try:
@@ -417,7 +431,7 @@ def write_report(
     lineage: Lineage,
 ) -> Path:
     """``report.md``: the decision, a before/after table per set and metric, the data."""
-    verdict = "passed: promoted" if decision.passed else "failed: not promoted"
+    verdict = "passed" if decision.passed else "failed: not promoted"
     lines = [
         f"# Learning round: {current.label} -> {candidate.label}",
         "",

@@ -146,6 +146,54 @@ def agent_examples(s: Session, owner: str | None) -> Iterator[FeedbackExample]:
                 yield {"messages": example, "owner": conversation.owner}
 
 
+class PreferencePair(TypedDict):
+    """A correction paired with the reply it replaced: TRL's conversational preference
+    format (``prompt`` turns; ``chosen`` and ``rejected`` assistant turns)."""
+
+    prompt: list[dict[str, str]]
+    chosen: list[dict[str, str]]
+    rejected: list[dict[str, str]]
+    owner: str
+
+
+def preference_pairs(s: Session, owner: str | None) -> Iterator[PreferencePair]:
+    """One pair per corrected bot reply (the newest correction of each): the conversation
+    before it as the prompt, the correction chosen, the bot's reply rejected. Thumbs alone
+    make no pair (a thumbs-up has nothing rejected, a thumbs-down nothing chosen); agents'
+    messages and handoff notices are not the bot's replies."""
+    query = (
+        select(FeedbackRow, MessageRow, ConversationRow.owner)
+        .join(MessageRow, FeedbackRow.message_id == MessageRow.id)
+        .join(ConversationRow, MessageRow.conversation_id == ConversationRow.id)
+        .where(FeedbackRow.correction.is_not(None))
+        .order_by(FeedbackRow.id)
+    )
+    if owner is not None:
+        query = query.where(ConversationRow.owner == owner)
+    latest: dict[str, tuple[FeedbackRow, MessageRow, str]] = {}
+    for fb, msg, conversation_owner in s.execute(query).all():
+        latest[msg.id] = fb, msg, conversation_owner
+    for fb, msg, conversation_owner in latest.values():
+        meta = message_meta(msg)
+        if is_agent_reply(meta) or is_handoff_notice(meta) or not msg.content.strip():
+            continue
+        if fb.correction is None or fb.correction.strip() == msg.content.strip():
+            continue  # nothing to prefer
+        history = s.scalars(
+            select(MessageRow)
+            .where(MessageRow.conversation_id == msg.conversation_id, MessageRow.seq < msg.seq)
+            .order_by(MessageRow.seq)
+        ).all()
+        example = corrected(_stored(history), fb.correction)
+        if example is not None:
+            yield {
+                "prompt": example[:-1],
+                "chosen": [example[-1]],
+                "rejected": [{"role": "assistant", "content": msg.content}],
+                "owner": conversation_owner,
+            }
+
+
 def message_meta(m: MessageRow) -> dict[str, Any]:
     """A stored message's metadata (finish reason, sources, nlu, author)."""
     return json.loads(m.meta or "{}")
