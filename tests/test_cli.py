@@ -82,6 +82,8 @@ def test_every_flag_sets_its_field() -> None:
             else:
                 value = special.get(flag, values.get(action.type, "x"))
                 argv = [flag] + [value] * (action.nargs or 1)
+            if (name, flag) in {("serve", "--registry"), ("serve", "--follow-interval")}:
+                argv += ["--bot", "pine"]
             if (name, flag) == ("serve", "--host"):
                 argv += ["--api-key", "k"]  # a public host needs a key
             after = _field(parse([*base, *argv])[1], dotted)

@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Any
 
-from chattune.cli import chat, data, export, generate, kb, learn, nlu, serve, train
+from chattune.cli import chat, data, export, generate, kb, learn, models, nlu, serve, train
 from chattune.cli import eval as evaluation
 from chattune.cli.command import Command, add_parser, resolve
 from chattune.errors import ChattuneError
@@ -32,7 +32,7 @@ from chattune.errors import ChattuneError
 #: Every command, in the order ``chattune --help`` lists them.
 COMMANDS: dict[str, Command] = {
     c.name: c
-    for module in (data, train, export, generate, chat, serve, evaluation, kb, nlu, learn)
+    for module in (data, train, export, generate, chat, serve, evaluation, kb, nlu, models, learn)
     for c in module.COMMANDS
 }
 

@@ -13,7 +13,7 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -45,7 +45,9 @@ class Ticket:
 
     It carries the request's deadline (``request_timeout`` from admission, queueing
     included) and its ``cancel`` event: releasing the place also stops the request's
-    generation at the next token, however the response ended.
+    generation at the next token, however the response ended. What else the request holds
+    until it ends (the engine it is served by, see :mod:`chattune.serve.live`) is let go
+    with it: :meth:`then`.
     """
 
     def __init__(self, slots: Slots, timeout: float) -> None:
@@ -54,6 +56,14 @@ class Ticket:
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self.cancel = threading.Event()
+        self._then: list[Callable[[], None]] = []
+
+    def then(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the ticket is released (at once if it already was)."""
+        if self.released:
+            callback()
+        else:
+            self._then.append(callback)
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -83,6 +93,8 @@ class Ticket:
         if self.holding:
             self.slots.semaphore.release()
             self.slots.observe(time.monotonic() - self.since)
+        for callback in self._then:
+            callback()
 
 
 class Slots:

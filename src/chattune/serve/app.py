@@ -12,6 +12,12 @@ page on another site resolving its own name to 127.0.0.1 to reach an open local 
 from the user's browser).
 
 The agents' routes (human handoff) live in :mod:`chattune.serve.agents`.
+
+A server that serves a bot of a model registry gets a :class:`~chattune.serve.follow.Follower`:
+it starts with the app's lifespan and stops with it, and swaps each newly promoted (or
+rolled back) version in between requests (see :mod:`chattune.serve.live`). ``/health`` and
+``/v1/models`` then show the version served (``"version": "pine-v3"``); the model's id stays
+the bot's name, so clients never have to change it.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import logging
 import mimetypes
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -55,6 +61,9 @@ from chattune.serve.schema import owner_of
 from chattune.serve.service import ChatService
 from chattune.serve.store import Handoff, Store
 
+if TYPE_CHECKING:
+    from chattune.serve.follow import Follower
+
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 
@@ -77,6 +86,8 @@ def build_app(
     api_keys: list[str] | None = None,
     agent_keys: list[str] | None = None,
     handoff_webhook: str | None = None,
+    version: str | None = None,
+    follower: Follower | None = None,
     **options: Any,
 ) -> FastAPI:
     """The HTTP API and web page for one model.
@@ -89,6 +100,10 @@ def build_app(
             ``/v1/handoffs*`` only (and only there); none means no agent API.
         handoff_webhook: an http(s) URL POSTed an event on each handoff (ValueError if it
             is not one).
+        version: the registry version ``engine`` serves (``"pine-v3"``), if any: shown by
+            ``/health`` and ``/v1/models`` and stored with every reply.
+        follower: swaps newer versions in while the app runs (started and stopped with
+            its lifespan).
         options: :class:`ServeOptions` fields (``max_concurrency=2``, ...), plus
             ``insecure_no_auth`` (bool).
 
@@ -106,8 +121,12 @@ def build_app(
     docs = settings.docs
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if follower is not None:
+            follower.start(app.state.service.swap)
         yield
+        if follower is not None:  # a load in progress is dropped when it ends
+            follower.stop()
         if webhook is not None:  # queued deliveries are dropped, not waited for at exit
             webhook.close()
 
@@ -119,8 +138,9 @@ def build_app(
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
     )
-    app.state.service = ChatService(engine, store, model_name, settings, webhook)
+    app.state.service = ChatService(engine, store, model_name, settings, webhook, version)
     app.state.store = store
+    app.state.follower = follower
     app.state.model_name = model_name
     app.state.keys, app.state.agent_keys = keys, agent_key_bytes
     for handler in (_api_error, _invalid, _http, _crash):
@@ -217,16 +237,24 @@ Service = Annotated[ChatService, Depends(_service)]
 Db = Annotated[Store, Depends(_store)]
 
 
+def _version(service: ChatService) -> dict[str, str]:
+    """``{"version": "pine-v3"}`` when serving a registry version, else nothing."""
+    return {} if service.version is None else {"version": service.version}
+
+
 @router.get("/health")
 async def health(request: Request) -> dict[str, str]:
-    return {"status": "ok", "model": request.app.state.model_name}
+    return {"status": "ok", "model": request.app.state.model_name,
+            **_version(request.app.state.service)}  # fmt: skip
 
 
 @router.get("/v1/models")
 async def models(request: Request, _: Owner) -> dict[str, Any]:
-    backend = request.app.state.service.engine.backend
+    service: ChatService = request.app.state.service
+    backend = service.engine.backend
     model = {"id": request.app.state.model_name, "object": "model", "owned_by": "chattune",
-             "backend": getattr(backend, "name", type(backend).__name__)}  # fmt: skip
+             "backend": getattr(backend, "name", type(backend).__name__),
+             **_version(service)}  # fmt: skip
     return {"object": "list", "data": [model]}
 
 
