@@ -49,6 +49,7 @@ demo: setup
 		--profile $(AGENT) --report $(DEMO)/nlu-eval.md
 	cat examples/support/routing-demo.txt | \
 		$(BIN)/chattune chat --model $(DEMO)/pine.gguf --kb $(DEMO)/kb --profile $(AGENT) --verbose
+	$(BIN)/python examples/support/learning_demo.py --run $(DEMO) --work $(DEMO)/learning
 
 test: setup
 	$(BIN)/pytest -q
@@ -65,6 +66,7 @@ bench: setup
 	$(BIN)/python bench/nlu_intents.py
 	$(BIN)/python bench/train_vs_trl.py
 	$(BIN)/python bench/serve_speed.py
+	$(BIN)/python bench/continual.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
