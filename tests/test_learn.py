@@ -332,3 +332,21 @@ def test_corrections_export_as_preference_pairs(tmp_path: Path) -> None:
     assert [t["content"] for t in pair["prompt"]] == ["Hi", "Hello!", "Is shipping free?"]
     assert pair["chosen"] == [{"role": "assistant", "content": "Free over $40."}]
     assert pair["rejected"] == [{"role": "assistant", "content": "Over $60."}]
+
+
+def test_a_full_model_version_is_the_next_rounds_base(tmp_path: Path) -> None:
+    from chattune.learn.round import candidate_config
+
+    bot = Registry(tmp_path).bot("pine")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "chattune.json").write_text(json.dumps({"base": "smollm2-135m-instruct",
+                                                   "method": "full"}))  # fmt: skip
+    (run / "config.yaml").write_text("adapter:\n  method: full\ntrain:\n  lr: 2.0e-5\n")
+    v1 = bot.register_run(run)
+    cfg = candidate_config(v1, tmp_path / "mix.jsonl", tmp_path / "out", LearnSettings())
+    assert cfg.model.base == str(v1.model_dir.resolve()) and cfg.model.adapter is None
+    assert cfg.adapter.method == "full" and cfg.train.lr == 2e-5  # the version's own recipe
+    assert cfg.data.train == [str(tmp_path / "mix.jsonl")] and cfg.data.val == []
+    lr = candidate_config(v1, tmp_path / "m", tmp_path / "o", LearnSettings(lr=1e-6)).train.lr
+    assert lr == 1e-6
