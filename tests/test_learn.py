@@ -38,6 +38,7 @@ def fake_run(folder: Path, base: str = "smollm2-135m-instruct") -> Path:
     folder.mkdir(parents=True)
     (folder / "chattune.json").write_text(json.dumps({"base": base, "method": "lora"}))
     (folder / "adapter_config.json").write_text("{}")
+    (folder / "config.yaml").write_text(f"model:\n  base: {base}\n")
     (folder / "checkpoints").mkdir()
     (folder / "checkpoints" / "big.bin").write_bytes(b"0" * 10)
     return folder
@@ -350,3 +351,100 @@ def test_a_full_model_version_is_the_next_rounds_base(tmp_path: Path) -> None:
     assert cfg.data.train == [str(tmp_path / "mix.jsonl")] and cfg.data.val == []
     lr = candidate_config(v1, tmp_path / "m", tmp_path / "o", LearnSettings(lr=1e-6)).train.lr
     assert lr == 1e-6
+
+
+# ----- what the review found --------------------------------------------------------
+
+
+def test_promoting_the_current_version_again_changes_nothing(tmp_path: Path) -> None:
+    bot = Registry(tmp_path).bot("pine")
+    for i in range(2):
+        bot.promote(bot.register_run(fake_run(tmp_path / f"run{i}")).number)
+    bot.promote(2)  # again: no history line, so rollback still means "back to v1"
+    assert len(bot.history()) == 2 and bot.rollback().number == 1
+
+
+def test_a_round_does_not_promote_over_a_rollback_made_meanwhile(registry_with_v1) -> None:
+    tmp = registry_with_v1
+    bot = Registry(tmp / "reg").bot("pine")
+    v2 = bot.register_run(fake_run(tmp / "run2"))
+    bot.promote(v2.number)  # v2 current; the round starts from it ...
+
+    def train_while_someone_rolls_back(cfg):
+        bot.rollback("v2 answers badly")  # ... and v2 is rolled back while it trains
+        (Path(cfg.train.output)).mkdir(parents=True, exist_ok=True)
+        return {"steps": 1}
+
+    def better(spec: str, sets):
+        return {n: {"eval_loss": 0.5 if "v3" in spec else 1.0} for n in sets}
+
+    new = read_conversations(new_conversations(tmp))
+    result = run_round(bot, new, LearnSettings(), train=train_while_someone_rolls_back,
+                       evaluator=better)  # fmt: skip
+    assert result.gate.passed and not result.promoted
+    assert "during the round" in result.held_because
+    assert bot.current_number() == 1  # the rollback stands
+
+
+def test_retired_policies_stay_retired_in_later_rounds(registry_with_v1) -> None:
+    tmp = registry_with_v1
+    bot = Registry(tmp / "reg").bot("pine")
+
+    def fine(spec: str, sets):
+        return {n: {"eval_loss": 0.5 if "v1" not in spec else 1.0} for n in sets}
+
+    def no_training(cfg):  # an output the next round can continue from
+        from chattune.config import dump_config
+
+        Path(cfg.train.output).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.train.output) / "config.yaml").write_text(dump_config(cfg))
+        (Path(cfg.train.output) / "adapter_config.json").write_text("{}")
+        return {}
+
+    first = [conv(f"kayak {i}?", "Yes: $30 a day.") for i in range(4)]
+    r1 = run_round(bot, first, LearnSettings(retire=[r"\$60"]), train=no_training, evaluator=fine)
+    assert r1.promoted
+    later = [conv(f"paddle {i}?", "Yes: $10 a day.") for i in range(4)]
+    r2 = run_round(bot, later, LearnSettings(), train=no_training, evaluator=fine)
+    assert r2.candidate.meta["retired"]["patterns"] == [r"\$60"]  # without --retire this time
+    mix = read_conversations(r2.candidate.path / "data/mix.jsonl")
+    assert not any("$60" in m.content for c in mix for m in c.messages)
+
+
+def test_examples_of_one_stored_conversation_are_held_out_together() -> None:
+    new = [conv(f"q{i}", "a") for i in range(8)]
+    groups = ["c1", "c1", "c2", "c2", "c3", "c3", "c4", "c4"]
+    data = gather(new, set(), LearnSettings(new_val_share=0.25), groups=groups)
+    held = {groups[new.index(c)] for c in data.val}
+    trained = {groups[new.index(c)] for c in data.train}
+    assert len(data.val) == 2 and held.isdisjoint(trained)
+
+
+def test_the_system_prompt_does_not_make_a_conversation_new() -> None:
+    plain = conv("Is shipping free?", "Over $40.")
+    prompted = Conversation([Message("system", "You are Pine."), *plain.messages])
+    assert fingerprint(plain) == fingerprint(prompted)
+
+
+def test_learn_refuses_a_database_that_does_not_exist(registry_with_v1) -> None:
+    done = run_cli("learn", "--registry", "reg", "--bot", "pine", "--db", "typo.db",
+                   cwd=registry_with_v1)  # fmt: skip
+    assert done.returncode == 2 and "typo.db: no such database" in done.stderr
+    assert not (registry_with_v1 / "typo.db").exists()
+
+
+def test_a_later_examples_history_reads_earlier_corrections(tmp_path: Path) -> None:
+    from chattune.serve.store import Store
+
+    store = Store(str(tmp_path / "chat.db"))
+    cid = store.create_conversation("alice")["id"]
+    first = store.append_exchange("alice", cid, "Is shipping free?", "Over $60.")
+    second = store.append_exchange("alice", cid, "And returns?", "45 days.")
+    store.add_feedback("alice", cid, first, "down", "Over $40.")
+    store.add_feedback("alice", cid, second, "up", None)
+    examples = list(store.feedback_conversations())
+    store.close()
+    texts = [[m["content"] for m in e["messages"]] for e in examples]
+    assert ["Is shipping free?", "Over $40.", "And returns?", "45 days."] in texts
+    assert not any("Over $60." in t for t in texts)  # corrected away: never trained
+    assert len({e["conversation"] for e in examples}) == 1

@@ -215,6 +215,7 @@ def test_feedback_export_names_and_filters_owners(store: Store, tmp_path) -> Non
     assert main(["data", "export-feedback", "--db", store.url, "--out", str(out),
                  "--owner", BOB]) == 0  # fmt: skip
     (line,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert isinstance(line.pop("conversation"), str)  # its id: a learning round's group
     assert line == {
         "messages": [
             {"role": "user", "content": "bob asks"},

@@ -55,10 +55,11 @@ class LearnConfig(Section):
 
 def gather_new(
     cfg: LearnConfig, bot: Bot, profile: Any = None
-) -> tuple[list[Any], list[dict[str, Any]]]:
+) -> tuple[list[Any], list[dict[str, Any]], list[str]]:
     """The new conversations: the store's feedback (written to the bot's
     ``feedback.jsonl`` and read back through the training data's validation) and the
-    ``--data`` files, with a manifest entry for each source.
+    ``--data`` files, with a manifest entry for each source, and each conversation's
+    group (its stored conversation's id; a file's line for ``--data``).
 
     The store keeps what was said, not the system prompt the server added from its
     profile; feedback conversations get ``profile``'s system turn back, so the bot learns
@@ -71,22 +72,39 @@ def gather_new(
     from chattune.learn.round import read_new
 
     conversations, sources = read_new(cfg.data) if cfg.data else ([], [])
+    groups = [c.source for c in conversations]
     if cfg.db:
         from chattune.serve.store import Store
 
-        store = Store(cfg.db)
+        store = Store(existing_db(cfg.db))
         try:
-            rows = ({"messages": r["messages"]} for r in store.feedback_conversations())
+            rows = list(store.feedback_conversations())
             path = bot.path / "feedback.jsonl"
             bot.path.mkdir(parents=True, exist_ok=True)
-            count = write_jsonl(path, rows)
+            count = write_jsonl(path, ({"messages": r["messages"]} for r in rows))
         finally:
             store.close()
         if count:
             conversations += [_with_system(c, profile) for c in read_conversations(path)]
+            groups += [f"conversation:{r['conversation']}" for r in rows]
             sources.append({"store": "feedback", "file": str(path), "sha256": sha256_file(path),
                             "conversations": count})  # fmt: skip
-    return conversations, sources
+    return conversations, sources, groups
+
+
+def existing_db(db: str) -> str:
+    """``db``, refused if it names an SQLite file that does not exist: ``learn`` reads the
+    server's database, and a mistyped path would otherwise be created empty and the round
+    would find nothing to learn, every time."""
+    from pathlib import Path
+
+    from chattune.errors import ConfigError
+
+    path = db.removeprefix("sqlite:///") if db.startswith("sqlite:///") else db
+    if "://" not in path and not Path(path).expanduser().exists():
+        raise ConfigError(f"db (--db) {db}: no such database; give the one `chattune serve` "
+                          "writes (its --db)")  # fmt: skip
+    return db
 
 
 def _with_system(conversation: Any, profile: Any) -> Any:
@@ -124,14 +142,16 @@ def cmd_learn(cfg: LearnConfig) -> int:
 def _one_round(cfg: LearnConfig, bot: Bot, profile: Any) -> int:
     from chattune.learn.round import read_new, run_round
 
-    new, sources = gather_new(cfg, bot, profile)
+    new, sources, groups = gather_new(cfg, bot, profile)
     held_out = read_new(cfg.val_data)[0] if cfg.val_data else None
-    result = run_round(bot, new, cfg.learn, sources, profile, held_out=held_out)
+    result = run_round(bot, new, cfg.learn, sources, profile, held_out=held_out, groups=groups)
     print(result.report.read_text(encoding="utf-8"))
     print(f"report: {result.report}")
     if result.promoted:
         print(f"current: {result.candidate.label}")
     elif result.gate.passed:
+        if result.held_because:
+            print(result.held_because)
         print(f"{result.candidate.label} passed; promote it with: chattune models promote "
               f"--bot {bot.name} --version {result.candidate.number}")  # fmt: skip
     else:
@@ -143,24 +163,29 @@ def _watch(cfg: LearnConfig, bot: Bot, profile: Any) -> int:
     """Look every ``interval`` seconds; run a round when enough is new and it is not the
     same new data a failed round already tried. The lock keeps one round at a time, also
     against a second watcher or a round started by hand."""
-    from chattune.errors import ConfigError
-    from chattune.learn.round import compile_retired, fingerprint, read_lineage
+    from chattune.errors import ChattuneError
+    from chattune.learn.round import fingerprint, read_lineage
 
-    rounds, tried = 0, None
+    rounds, tried = 0, set()
     while cfg.max_rounds is None or rounds < cfg.max_rounds:
-        new, _ = gather_new(cfg, bot, profile)
-        lineage = read_lineage(bot, bot.require_current(), compile_retired(cfg.learn.retire))
-        fresh = {fingerprint(c) for c in new} - lineage.known
-        if len(fresh) >= cfg.learn.min_new and fresh != tried:
-            tried = fresh
+        try:
+            new, _, _ = gather_new(cfg, bot, profile)
+            known = read_lineage(bot, bot.require_current(), []).known
+        except ChattuneError as e:  # a bad line in the store's export, ...: look again later
+            log.warning("%s", e)
+            new, known = [], set()
+        fresh = {fingerprint(c) for c in new} - known
+        # After a round that was not promoted, wait for min_new conversations it has not seen.
+        if len(fresh) >= cfg.learn.min_new and len(fresh - tried) >= cfg.learn.min_new:
             try:
                 with bot.lock():
                     _one_round(cfg, bot, profile)
-            except ConfigError as e:  # another round holds the lock: look again later
+                tried, rounds = tried | fresh, rounds + 1
+            except ChattuneError as e:  # another round holds the lock, bad data, ...
                 log.warning("%s", e)
-            rounds += 1
         else:
-            log.info("%d new conversations; waiting for %d", len(fresh), cfg.learn.min_new)
+            log.info("%d new conversations; waiting for %d", len(fresh - tried),
+                     cfg.learn.min_new)  # fmt: skip
         if cfg.max_rounds is not None and rounds >= cfg.max_rounds:
             break
         time.sleep(cfg.interval)

@@ -78,7 +78,8 @@ def cmd_models_list(cfg: ModelsListConfig) -> int:
             gate = meta.get("gate", {})
             verdict = "-" if not gate else ("passed" if gate.get("passed") else "failed")
             status = _status(bot, v.number, meta)
-            print(f"{v.label:<16}{status:<11}{parent:<8}{new!s:>5}  {meta['created']:<26}{verdict}")
+            created = str(meta.get("created", "?"))
+            print(f"{v.label:<16}{status:<11}{parent:<8}{new!s:>5}  {created:<26}{verdict}")
     return 0
 
 
@@ -98,6 +99,9 @@ def cmd_models_promote(cfg: ModelsVersionConfig) -> int:
     """Make a version current (a server started with --registry switches to it)."""
     bot = Registry(cfg.registry).bot(cfg.bot)
     before = bot.current_number()
+    if bot.version(cfg.version).meta.get("status") == "rejected":
+        print(f"note: {cfg.bot}-v{cfg.version} failed its learning round's gate "
+              "(chattune models show); promoting it anyway")  # fmt: skip
     v = bot.promote(cfg.version, cfg.reason or "promoted by hand")
     print(f"current: {v.label} (was {f'v{before}' if before else 'none'})")
     return 0

@@ -252,6 +252,7 @@ def cmd_serve(cfg: ServeConfig) -> int:
     app = build_app(engine, store, name, http.keys, http.agent_keys, cfg.handoff.webhook,
                     insecure_no_auth=http.insecure_no_auth, **following,
                     **limits.model_dump())  # fmt: skip
+    del engine  # the app holds it now: after a swap, nothing here keeps the old model alive
     if not http.keys:
         log.warning("serving without --api-key: anyone who can reach %s can use it", http.host)
     what = f"{name}: {version.label}, following {version.path.parent}" if version else name

@@ -44,7 +44,7 @@ from typing import Any
 
 from chattune.data.jsonl import append_jsonl, read_jsonl, write_jsonl
 from chattune.data.types import Conversation
-from chattune.errors import ConfigError
+from chattune.errors import ChattuneError, ConfigError
 
 DEFAULT_REGISTRY = "models"
 CURRENT = "current"
@@ -102,7 +102,15 @@ class Version:
 
     @property
     def meta(self) -> dict[str, Any]:
-        return json.loads((self.path / VERSION_FILE).read_text(encoding="utf-8"))
+        """``version.json``; ConfigError naming the file if it is not a JSON object."""
+        path = self.path / VERSION_FILE
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read this version's record: {e}") from None
+        if not isinstance(meta, dict):
+            raise ConfigError(f"{path}: expected a JSON object")
+        return meta
 
     @property
     def parent(self) -> int | None:
@@ -122,7 +130,7 @@ class Bot:
     """The versions of one bot: register, list, promote, roll back."""
 
     def __init__(self, root: Path, name: str) -> None:
-        if not _BOT_NAME.match(name):
+        if not _BOT_NAME.fullmatch(name):
             raise ConfigError(
                 f"--bot {name!r}: a bot name is 1-64 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
@@ -137,7 +145,7 @@ class Bot:
             return []
         found = []
         for child in self.path.iterdir():
-            m = _VERSION_DIR.match(child.name)
+            m = _VERSION_DIR.fullmatch(child.name)
             if m and (child / VERSION_FILE).exists():
                 found.append(Version(self.name, int(m.group(1)), child))
         return sorted(found, key=lambda v: v.number)
@@ -155,7 +163,7 @@ class Bot:
             text = (self.path / CURRENT).read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return None
-        return int(text) if text.isdigit() else None
+        return int(text) if text.isascii() and text.isdigit() and len(text) < 10 else None
 
     def current(self) -> Version | None:
         number = self.current_number()
@@ -181,7 +189,13 @@ class Bot:
         return chain[::-1]
 
     def history(self) -> list[dict[str, Any]]:
-        return [r for _, r in read_jsonl(self.path / HISTORY, missing_ok=True)]
+        """Every promotion and rollback, oldest first (lines that are not records of one
+        are skipped: the history explains, the ``current`` file decides)."""
+        try:
+            records = [r for _, r in read_jsonl(self.path / HISTORY, missing_ok=True)]
+        except ChattuneError as e:
+            raise ConfigError(f"{self.path / HISTORY}: {e}") from None
+        return [r for r in records if isinstance(r, dict) and isinstance(r.get("version"), int)]
 
     # ----- writing ---------------------------------------------------------------------
 
@@ -190,7 +204,9 @@ class Bot:
         two rounds at once never share one). It counts as a version once
         ``version.json`` is written."""
         self.path.mkdir(parents=True, exist_ok=True)
-        taken = [int(m.group(1)) for c in self.path.iterdir() if (m := _VERSION_DIR.match(c.name))]
+        taken = [
+            int(m.group(1)) for c in self.path.iterdir() if (m := _VERSION_DIR.fullmatch(c.name))
+        ]
         number = max(taken, default=0) + 1
         while True:
             try:
@@ -251,35 +267,65 @@ class Bot:
         write_json_atomic(version.path / VERSION_FILE, meta)
 
     def promote(self, number: int, reason: str = "") -> Version:
-        """Make version ``number`` current (an atomic rename: a reader sees the old number
-        or the new one) and record it in the history."""
-        version = self.version(number)
-        previous = self.current_number()
-        self._point(number)
-        version.update(status="promoted")
-        append_jsonl(self.path / HISTORY, {"at": now_iso(), "action": "promote",
-                     "version": number, "previous": previous, "reason": reason})  # fmt: skip
+        """Make version ``number`` current and record it in the history.
+
+        The history line and the version's status are written first and the pointer is
+        moved last (an atomic rename: a reader sees the old number or the new one), so a
+        failure half way leaves ``current`` where it was. Promoting the current version
+        changes nothing.
+        """
+        with self._pointer_lock():
+            version = self.version(number)
+            previous = self.current_number()
+            if previous == number:
+                return version
+            append_jsonl(self.path / HISTORY, {"at": now_iso(), "action": "promote",
+                         "version": number, "previous": previous, "reason": reason})  # fmt: skip
+            version.update(status="promoted")
+            self._point(number)
         return version
 
     def rollback(self, reason: str = "") -> Version:
         """Make current the version that was current before the current one was promoted.
 
-        Rolling back again walks further back (v3 -> v2 -> v1), never forward again.
+        Rolling back again walks further back (v3 -> v2 -> v1), never forward again. A
+        version the history does not know (a hand-edited ``current``) rolls back to the
+        newest earlier version that was ever promoted.
         """
-        current = self.current_number()
-        if current is None:
-            raise ConfigError(f"bot {self.name!r} has no current version to roll back")
-        promoted = [r for r in self.history() if r["action"] == "promote"]
-        target = next((r["previous"] for r in reversed(promoted) if r["version"] == current), None)
-        if target is None:
-            raise ConfigError(
-                f"{self.name}-v{current} is the first version: nothing to roll back to"
+        with self._pointer_lock():
+            current = self.current_number()
+            if current is None:
+                raise ConfigError(f"bot {self.name!r} has no current version to roll back")
+            promoted = [r for r in self.history() if r.get("action") == "promote"]
+            target = next(
+                (r.get("previous") for r in reversed(promoted) if r["version"] == current), None
             )
-        version = self.version(target)
-        self._point(target)
-        append_jsonl(self.path / HISTORY, {"at": now_iso(), "action": "rollback",
-                     "version": target, "previous": current, "reason": reason})  # fmt: skip
+            if target is None:
+                earlier = [v for v in self.versions() if v.number < current
+                           and v.meta.get("status") == "promoted"]  # fmt: skip
+                target = earlier[-1].number if earlier else None
+            if target is None:
+                raise ConfigError(f"{self.name}-v{current} is the first version: nothing to "
+                                  "roll back to")  # fmt: skip
+            version = self.version(target)
+            append_jsonl(self.path / HISTORY, {"at": now_iso(), "action": "rollback",
+                         "version": target, "previous": current, "reason": reason})  # fmt: skip
+            self._point(target)
         return version
+
+    @contextlib.contextmanager
+    def _pointer_lock(self) -> Iterator[None]:
+        """A short lock around each change of ``current`` (promote, rollback): two at once
+        would each read the same "previous" and record a history that never happened."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".pointer.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # waits: a pointer change takes milliseconds
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -342,4 +388,4 @@ class Registry:
         if not self.root.is_dir():
             return []
         return [Bot(self.root, p.name) for p in sorted(self.root.iterdir())
-                if p.is_dir() and _BOT_NAME.match(p.name)]  # fmt: skip
+                if p.is_dir() and _BOT_NAME.fullmatch(p.name)]  # fmt: skip

@@ -89,8 +89,11 @@ class LearnSettings(Section):
 
 
 def fingerprint(conversation: Conversation) -> str:
-    """The same conversation, however it was spaced, has the same fingerprint."""
-    text = json.dumps([(m.role, " ".join(m.content.split())) for m in conversation.messages])
+    """The same conversation, however it was spaced, has the same fingerprint. System turns
+    do not count: the same exchange under another system prompt (a round run with or without
+    ``--profile``) is still what was learned."""
+    said = [m for m in conversation.messages if m.role != "system"]
+    text = json.dumps([(m.role, " ".join(m.content.split())) for m in said])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -108,30 +111,45 @@ def gather(
     known: set[str],
     settings: LearnSettings,
     held_out: list[Conversation] | None = None,
+    groups: list[str] | None = None,
 ) -> NewData:
     """De-duplicate ``new`` (also against ``known`` fingerprints) and hold out a seeded
     share for the gate, at least one conversation on each side; or, given ``held_out``
     (conversations written to test the new data: other phrasings), train on all of ``new``
-    and hold out those."""
-    seen, kept = set(known), []
-    for conv in new:
+    and hold out those (less any already learned: they would test nothing new).
+
+    ``groups`` (one key per conversation of ``new``) keeps examples from one source
+    together: a stored conversation with feedback on two replies exports two examples, the
+    second extending the first, and with one in training and the other held out the gate
+    would score trained text.
+    """
+    keys = groups if groups is not None else [str(i) for i in range(len(new))]
+    seen, kept, kept_keys = set(known), [], []
+    for conv, key in zip(new, keys, strict=True):
         fp = fingerprint(conv)
         if fp not in seen:
             seen.add(fp)
             kept.append(conv)
+            kept_keys.append(key)
     if len(kept) < settings.min_new:
         raise NotEnoughData(len(kept), settings.min_new, len(new) - len(kept))
     if held_out:
         trained = {fingerprint(c) for c in kept}
         if any(fingerprint(c) in trained for c in held_out):
             raise DataError(["--val-data: a held-out conversation is also in the new data"])
-        return NewData(kept, list(held_out), len(new) - len(kept))
-    order = list(range(len(kept)))
-    random.Random(settings.seed).shuffle(order)
-    n_val = min(len(kept) - 1, max(1, round(len(kept) * settings.new_val_share)))
-    held = set(order[:n_val])
-    train = [c for i, c in enumerate(kept) if i not in held]
-    val = [c for i, c in enumerate(kept) if i in held]
+        fresh = [c for c in held_out if fingerprint(c) not in known]
+        if not fresh:
+            raise DataError(["--val-data: every held-out conversation was learned already"])
+        return NewData(kept, fresh, len(new) - len(kept))
+    names = sorted(set(kept_keys))
+    random.Random(settings.seed).shuffle(names)
+    n_val = min(len(names) - 1, max(1, round(len(names) * settings.new_val_share)))
+    if n_val < 1:
+        why = "all come from one stored conversation: nothing to hold out"
+        raise DataError([f"the {len(kept)} new conversations {why}; give --val-data or more"])
+    held = set(names[:n_val])
+    train = [c for c, k in zip(kept, kept_keys, strict=True) if k not in held]
+    val = [c for c, k in zip(kept, kept_keys, strict=True) if k in held]
     return NewData(train, val, len(new) - len(kept))
 
 
@@ -181,6 +199,16 @@ class Lineage:
     retired: int
 
 
+def retired_patterns(bot: Bot, current: Version, given: list[str]) -> list[str]:
+    """``given`` and every pattern retired by a round of ``current``'s lineage: a policy
+    that changed stays changed in later rounds, ``--retire`` given or not."""
+    found: list[str] = []
+    for v in bot.lineage(current):
+        recorded = v.meta.get("retired", {})
+        found += recorded.get("patterns", []) if isinstance(recorded, dict) else []
+    return list(dict.fromkeys([*found, *given]))
+
+
 def read_lineage(bot: Bot, current: Version, patterns: list[re.Pattern[str]]) -> Lineage:
     train, val, known, dropped = [], {}, set(), 0
     for v in bot.lineage(current):
@@ -207,9 +235,10 @@ def replay_sample(
 
 
 def candidate_config(
-    current: Version, mix: Path, output: Path, settings: LearnSettings
+    current: Version, mix: Path, output: Path, settings: LearnSettings, replay: Path | None = None
 ) -> RunConfig:
-    """The current version's own training config, continued on ``mix`` into ``output``."""
+    """The current version's own training config, continued on ``mix`` into ``output``
+    (ewc's Fisher estimated on ``replay``: the old data)."""
     config_file = current.model_dir / "config.yaml"
     if not config_file.exists():
         raise ConfigError(f"{current.model_dir}: no config.yaml: not a chattune training output")
@@ -221,7 +250,8 @@ def candidate_config(
         "eval_every": 0, "save_every": 0, "patience": 0, "eval_generate": 0,
         "lr": settings.lr or t.lr, "batch_size": settings.batch_size or t.batch_size,
         "anchor": settings.anchor, "anchor_weight": settings.anchor_weight,
-        "anchor_data": [], "progress": settings.progress, "seed": t.seed + current.number,
+        "anchor_data": [str(replay)] if replay else [], "progress": settings.progress,
+        "seed": t.seed + current.number,
     })  # fmt: skip
     data = cfg.data.model_copy(update={"train": [str(mix)], "val": [], "val_split": 0.0,
                                        "format": "messages"})  # fmt: skip
@@ -320,6 +350,7 @@ class RoundResult:
     report: Path
     before: dict[str, dict[str, float]]
     after: dict[str, dict[str, float]]
+    held_because: str = ""  # why a passing candidate was not promoted, if it was not
 
 
 def run_round(
@@ -331,11 +362,17 @@ def run_round(
     evaluator: Evaluator | None = None,
     train: Callable[[RunConfig], dict[str, Any]] | None = None,
     held_out: list[Conversation] | None = None,
+    groups: list[str] | None = None,
 ) -> RoundResult:
     """Learn ``new`` on top of ``bot``'s current version; see the module docstring.
 
+    The candidate is promoted only if the gate passed and the current version is still
+    the one the round started from: a rollback (or promotion) by hand during a long round
+    wins over the round, whose candidate is then kept for ``chattune models promote``.
+
     Args:
         held_out: the new data's evaluation set, instead of a share of ``new``.
+        groups: a source key per conversation of ``new`` (see :func:`gather`).
         sources: where ``new`` came from (files with their sha256, the store), recorded in
             the manifest.
         evaluator, train: replace the real evaluation / training (tests of the gate).
@@ -346,17 +383,30 @@ def run_round(
     from chattune.train.loop import run_train
 
     current = bot.require_current()
-    patterns = compile_retired(settings.retire)
-    lineage = read_lineage(bot, current, patterns)
-    data = gather(new, lineage.known, settings, held_out)
+    settings = settings.model_copy(
+        update={"retire": retired_patterns(bot, current, settings.retire)}
+    )
+    lineage = read_lineage(bot, current, compile_retired(settings.retire))
+    data = gather(new, lineage.known, settings, held_out, groups)
     replay = replay_sample(lineage.train, len(data.train), settings)
     candidate = bot.claim()
     try:
-        return _learn(bot, current, candidate, data, replay, lineage, settings, sources,
-                      profile, evaluator, train or run_train)  # fmt: skip
+        result = _learn(bot, current, candidate, data, replay, lineage, settings, sources,
+                        profile, evaluator, train or run_train)  # fmt: skip
     except BaseException:  # a failed round leaves no half-made version behind
         shutil.rmtree(candidate.path, ignore_errors=True)
         raise
+    # Outside the clean-up: once promoted, the candidate is what ``current`` names.
+    if result.gate.passed and not settings.hold:
+        if bot.current_number() == current.number:
+            bot.promote(candidate.number, "learning round: the gate passed")
+            result.promoted = True
+        else:
+            result.held_because = (
+                f"current changed from v{current.number} to v{bot.current_number()} during "
+                "the round: not promoted over it"
+            )
+    return result
 
 
 def _learn(
@@ -378,7 +428,10 @@ def _learn(
         "val": write_conversations(d / "val.jsonl", data.val),
         "mix": write_conversations(d / "mix.jsonl", _shuffled([*data.train, *replay], settings)),
     }
-    cfg = candidate_config(current, d / "mix.jsonl", candidate.model_dir, settings)
+    if replay:
+        manifest["replay"] = write_conversations(d / "replay.jsonl", replay)
+    old = d / "replay.jsonl" if replay else None
+    cfg = candidate_config(current, d / "mix.jsonl", candidate.model_dir, settings, old)
     summary = train(cfg)
     shutil.rmtree(candidate.model_dir / "checkpoints", ignore_errors=True)  # the output is enough
     new_set = f"new ({candidate.label})"
@@ -408,10 +461,7 @@ def _learn(
         status="candidate" if decision.passed else "rejected",
     )
     report = write_report(candidate, current, before, after, decision, manifest, replay, lineage)
-    promoted = decision.passed and not settings.hold
-    if promoted:
-        bot.promote(candidate.number, "learning round: the gate passed")
-    return RoundResult(candidate, decision, promoted, report, before, after)
+    return RoundResult(candidate, decision, False, report, before, after)
 
 
 def _shuffled(items: list[Conversation], settings: LearnSettings) -> list[Conversation]:
@@ -438,6 +488,14 @@ def write_report(
         f"**Gate {verdict}.**",
         "",
         *[f"- {r}" for r in decision.reasons],
+        *(
+            [
+                "- **no earlier version has a held-out set: forgetting was not checked** (register "
+                "runs with validation data)"
+            ]
+            if not lineage.val
+            else []
+        ),
         "",
         f"| set | metric | {current.label} | {candidate.label} | change |",
         "|---|---|---:|---:|---:|",

@@ -13,9 +13,10 @@ old one keeps answering, then swaps it into the service:
   last request using it has ended.
 - **A version that fails to load** is logged and the old one keeps serving. The follower
   does not hot-loop on it: it tries again when ``current`` names another version, or
-  after ``retry_after`` seconds, doubling on each failure (a load that ran out of memory
-  may fit once the old model is gone; a corrupt folder never will, and is not retried
-  every two seconds).
+  after ``retry_after`` seconds, doubling on each failure (a transient failure, a file
+  still being copied, may pass later; a corrupt folder never will, and is not retried
+  every two seconds). The old model stays loaded during a load, so a version that does
+  not fit in memory beside it will not fit on a retry either.
 - **Superseded while loading.** If ``current`` changed again during a load, the loaded
   engine is closed unused and the next look loads the newest version: the server never
   switches to a version that is no longer current.

@@ -34,10 +34,13 @@ Stored = tuple[str, str, dict[str, Any]]
 
 
 class FeedbackExample(TypedDict):
-    """One training conversation made from feedback, and whose conversation it came from."""
+    """One training conversation made from feedback, and whose conversation it came from
+    (``conversation``: its id; examples of one conversation extend each other, so a
+    learning round holds them out together)."""
 
     messages: list[dict[str, str]]
     owner: str
+    conversation: str
 
 
 def is_agent_reply(meta: dict[str, Any]) -> bool:
@@ -109,6 +112,7 @@ def rated_examples(s: Session, owner: str | None) -> Iterator[FeedbackExample]:
     latest: dict[str, tuple[FeedbackRow, MessageRow, str]] = {}
     for fb, msg, conversation_owner in s.execute(query).all():
         latest[msg.id] = fb, msg, conversation_owner
+    fixes = {mid: fb.correction for mid, (fb, _, _) in latest.items() if fb.correction}
     for fb, msg, conversation_owner in latest.values():
         if fb.correction is None and fb.rating < 0:
             continue  # a bare thumbs-down says what not to do, not what to do
@@ -121,9 +125,10 @@ def rated_examples(s: Session, owner: str | None) -> Iterator[FeedbackExample]:
             .where(MessageRow.conversation_id == msg.conversation_id, MessageRow.seq < msg.seq)
             .order_by(MessageRow.seq)
         ).all()
-        example = corrected(_stored(history), fb.correction or msg.content)
+        example = corrected(_stored(history, fixes), fb.correction or msg.content)
         if example is not None:
-            yield {"messages": example, "owner": conversation_owner}
+            yield {"messages": example, "owner": conversation_owner,
+                   "conversation": msg.conversation_id}  # fmt: skip
 
 
 def agent_examples(s: Session, owner: str | None) -> Iterator[FeedbackExample]:
@@ -138,12 +143,13 @@ def agent_examples(s: Session, owner: str | None) -> Iterator[FeedbackExample]:
     if owner is not None:
         query = query.where(ConversationRow.owner == owner)
     for conversation in s.scalars(query.order_by(ConversationRow.created_at)).all():
-        stored = _stored(conversation.messages)
+        stored = _stored(conversation.messages, _corrections(s, conversation.id))
         for start, end in _agent_runs(stored):
             reply = "\n\n".join(content for _, content, _ in stored[start:end])
             example = corrected(stored[:start], reply)
             if example is not None:
-                yield {"messages": example, "owner": conversation.owner}
+                yield {"messages": example, "owner": conversation.owner,
+                       "conversation": conversation.id}  # fmt: skip
 
 
 class PreferencePair(TypedDict):
@@ -173,6 +179,7 @@ def preference_pairs(s: Session, owner: str | None) -> Iterator[PreferencePair]:
     latest: dict[str, tuple[FeedbackRow, MessageRow, str]] = {}
     for fb, msg, conversation_owner in s.execute(query).all():
         latest[msg.id] = fb, msg, conversation_owner
+    fixes = {mid: fb.correction for mid, (fb, _, _) in latest.items() if fb.correction}
     for fb, msg, conversation_owner in latest.values():
         meta = message_meta(msg)
         if is_agent_reply(meta) or is_handoff_notice(meta) or not msg.content.strip():
@@ -184,7 +191,7 @@ def preference_pairs(s: Session, owner: str | None) -> Iterator[PreferencePair]:
             .where(MessageRow.conversation_id == msg.conversation_id, MessageRow.seq < msg.seq)
             .order_by(MessageRow.seq)
         ).all()
-        example = corrected(_stored(history), fb.correction)
+        example = corrected(_stored(history, fixes), fb.correction)
         if example is not None:
             yield {
                 "prompt": example[:-1],
@@ -199,8 +206,27 @@ def message_meta(m: MessageRow) -> dict[str, Any]:
     return json.loads(m.meta or "{}")
 
 
-def _stored(messages: Iterable[MessageRow]) -> list[Stored]:
-    return [(m.role, m.content, message_meta(m)) for m in messages]
+def _stored(messages: Iterable[MessageRow], fixes: dict[str, str] | None = None) -> list[Stored]:
+    """(role, content, meta) of each message; a reply with a correction (``fixes``: message
+    id -> the newest correction) reads as corrected, so an example never teaches, in its
+    history, a reply someone corrected away."""
+    fixes = fixes or {}
+    return [(m.role, fixes.get(m.id, m.content), message_meta(m)) for m in messages]
+
+
+def _corrections(s: Session, conversation_id: str) -> dict[str, str]:
+    """message id -> its newest feedback's correction, for one conversation's replies
+    (only where that newest feedback is a correction)."""
+    rows = s.execute(
+        select(FeedbackRow.message_id, FeedbackRow.correction)
+        .join(MessageRow, FeedbackRow.message_id == MessageRow.id)
+        .where(MessageRow.conversation_id == conversation_id)
+        .order_by(FeedbackRow.id)
+    ).all()
+    newest: dict[str, str | None] = {}
+    for message_id, correction in rows:
+        newest[message_id] = correction
+    return {k: v for k, v in newest.items() if v}
 
 
 def _agent_runs(stored: list[Stored]) -> Iterator[tuple[int, int]]:
