@@ -448,3 +448,68 @@ def test_a_later_examples_history_reads_earlier_corrections(tmp_path: Path) -> N
     assert ["Is shipping free?", "Over $40.", "And returns?", "45 days."] in texts
     assert not any("Over $60." in t for t in texts)  # corrected away: never trained
     assert len({e["conversation"] for e in examples}) == 1
+
+
+# ----- preference pairs and DPO ------------------------------------------------------
+
+
+def pairs_file(path: Path, n: int = 8) -> Path:
+    rows = [{"prompt": [{"role": "user", "content": f"Is shipping free, question {i}?"}],
+             "chosen": [{"role": "assistant", "content": "Free over $40."}],
+             "rejected": [{"role": "assistant", "content": "Free over $60."}]}
+            for i in range(n)]  # fmt: skip
+    return write_jsonl(path, rows)
+
+
+def test_bad_pairs_are_reported_by_line(tmp_path: Path) -> None:
+    from chattune.data.preference import read_pairs
+    from chattune.errors import DataError
+
+    rows = [
+        {"prompt": "Is shipping free?", "chosen": "Over $40.", "rejected": "Over $60."},
+        {"prompt": "Hi", "chosen": "Same.", "rejected": "Same."},
+        {"prompt": [{"role": "assistant", "content": "Hi"}], "chosen": "a", "rejected": "b"},
+        {"prompt": "Hi", "chosen": ""},
+    ]
+    with pytest.raises(DataError) as e:
+        read_pairs(write_jsonl(tmp_path / "p.jsonl", rows))
+    problems = e.value.problems
+    assert sorted({p.split(":")[1] for p in problems}) == ["2", "3", "4"]
+    assert "nothing to prefer" in problems[0] and "'chosen' and 'rejected'" in problems[-1]
+    ok = read_pairs(write_jsonl(tmp_path / "ok.jsonl", rows[:1]))[0]
+    assert ok.prompt == (Message("user", "Is shipping free?"),) and ok.rejected == "Over $60."
+
+
+def test_dpo_starts_at_log_2_and_learns_the_preference(tiny_model_dir, tmp_path) -> None:
+    import math
+
+    from chattune.config import build_config
+    from chattune.runs import read_metrics
+    from chattune.train.loop import run_train
+
+    pairs = pairs_file(tmp_path / "pairs.jsonl")
+    cfg = build_config(overrides=[
+        f"data.train=[{pairs}]", f"data.val=[{pairs}]", "data.objective=preference",
+        f"model.base={tiny_model_dir}", f"train.output={tmp_path / 'out'}", "train.lr=5e-3",
+        "train.epochs=8", "train.eval_every=4", "train.progress=false", "train.warmup_ratio=0",
+    ])  # fmt: skip
+    run_train(cfg)
+    records = read_metrics(tmp_path / "out")
+    assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference
+    evals = [r for r in records if "eval_reward_accuracy" in r]
+    assert evals[-1]["eval_loss"] < math.log(2) - 0.05
+    assert evals[-1]["eval_reward_accuracy"] == 1.0
+
+
+def test_a_dpo_round_learns_pairs_from_the_current_version(registry_with_v1) -> None:
+    tmp = registry_with_v1
+    pairs = pairs_file(tmp / "pairs.jsonl")
+    done = run_cli("learn", "--registry", "reg", "--bot", "pine", "--data", str(pairs),
+                   "--objective", "dpo", "--epochs", "2", "learn.reply_examples=0",
+                   "learn.progress=false", "--hold", cwd=tmp)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "DPO on 6 preference pairs" in done.stdout  # 8 pairs, a quarter held out
+    v2 = Registry(tmp / "reg").bot("pine").version(2)
+    assert v2.meta["replay"]["conversations"] == 0 and v2.meta["data"]["pairs"]["pairs"] == 6
+    config = (v2.model_dir / "config.yaml").read_text()
+    assert "objective: preference" in config and "adapter: " in config  # continued, DPO

@@ -83,7 +83,10 @@ class DataConfig(Section):
     val: list[str] = Field(default_factory=list)
     val_split: float = Field(0.0, ge=0.0, lt=1.0, description="hold out this share of train")
     format: DataFormat = Field("auto", description="auto: from the extension and first record")
-    objective: Literal["chat", "lm"] = Field("chat", description="lm: continued pre-training")
+    objective: Literal["chat", "lm", "preference"] = Field(
+        "chat",
+        description="lm: continued pre-training; preference: DPO on prompt/chosen/rejected pairs",
+    )
     max_len: int = Field(1024, ge=8, description="tokens per example; oldest turns are dropped")
     mask: MaskPolicy = Field(MaskPolicy.ASSISTANT, description="which turns carry the loss")
     block_size: int = Field(512, ge=16, description="packed block length for objective=lm")
@@ -152,6 +155,13 @@ class TrainConfig(Section):
         "squared distance) or ewc (weighted by a Fisher estimate from train.anchor_data)",
     )
     anchor_weight: float = Field(1.0, ge=0, description="strength of train.anchor")
+    dpo_beta: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="data.objective=preference: DPO's beta (how far from "
+        "the starting model the preferences may pull)",
+    )
     anchor_data: list[str] = Field(
         default_factory=list,
         description="ewc: conversations whose Fisher information weights the anchor "

@@ -32,7 +32,10 @@ class LearnConfig(Section):
     db: str | None = Field(
         None, description="the server's database: its feedback and agents' answers are new data"
     )
-    data: list[str] = Field(default_factory=list, description="more new conversations (files)")
+    data: list[str] = Field(
+        default_factory=list,
+        description="more new conversations (files; preference pairs with --objective dpo)",
+    )
     val_data: list[str] = Field(
         default_factory=list,
         description="the new data's evaluation set (default: learn.new_val_share of it)",
@@ -107,6 +110,39 @@ def existing_db(db: str) -> str:
     return db
 
 
+def gather_pairs(cfg: LearnConfig, bot: Bot, profile: Any = None) -> tuple[list[Any], list[str]]:
+    """``--objective dpo``: the preference pairs of the store (each correction chosen over
+    the reply it corrected; written to the bot's ``pairs.jsonl`` and read back through the
+    pairs' validation) and of the ``--data`` files (pairs files), with the profile's system
+    prompt put back as in :func:`gather_new`; and each pair's group."""
+    from chattune.data.jsonl import write_jsonl
+    from chattune.data.preference import Pair, read_many_pairs, read_pairs
+
+    pairs = read_many_pairs(cfg.data) if cfg.data else []
+    groups = [p.source for p in pairs]
+    if cfg.db:
+        from chattune.serve.learning import preference_pairs
+        from chattune.serve.store import Store
+
+        store = Store(existing_db(cfg.db))
+        try:
+            with store.session() as s:
+                rows = list(preference_pairs(s, None))
+        finally:
+            store.close()
+        path = bot.path / "pairs.jsonl"
+        bot.path.mkdir(parents=True, exist_ok=True)
+        if write_jsonl(path, ({k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows)):
+            system = profile.system_message() if profile is not None else None
+            for pair in read_pairs(path):
+                prompt = pair.prompt
+                if system is not None and (not prompt or prompt[0].role != "system"):
+                    prompt = (system, *prompt)
+                pairs.append(Pair(prompt, pair.chosen, pair.rejected, pair.source))
+            groups += [f"conversation:{r['conversation']}" for r in rows]
+    return pairs, groups
+
+
 def _with_system(conversation: Any, profile: Any) -> Any:
     from chattune.data.types import Conversation
 
@@ -142,9 +178,15 @@ def cmd_learn(cfg: LearnConfig) -> int:
 def _one_round(cfg: LearnConfig, bot: Bot, profile: Any) -> int:
     from chattune.learn.round import read_new, run_round
 
-    new, sources, groups = gather_new(cfg, bot, profile)
     held_out = read_new(cfg.val_data)[0] if cfg.val_data else None
-    result = run_round(bot, new, cfg.learn, sources, profile, held_out=held_out, groups=groups)
+    if cfg.learn.objective == "dpo":
+        pairs, groups = gather_pairs(cfg, bot, profile)
+        result = run_round(bot, [], cfg.learn, [{"pairs": len(pairs)}], profile,
+                           held_out=held_out, groups=groups, pairs=pairs)  # fmt: skip
+    else:
+        new, sources, groups = gather_new(cfg, bot, profile)
+        result = run_round(bot, new, cfg.learn, sources, profile, held_out=held_out,
+                           groups=groups)  # fmt: skip
     print(result.report.read_text(encoding="utf-8"))
     print(f"report: {result.report}")
     if result.promoted:
@@ -210,6 +252,7 @@ LEARN = Command(
         "--tolerance": "learn.tolerance",
         "--retire": "learn.retire",
         "--hold": "learn.hold",
+        "--objective": "learn.objective",
         "--watch": "watch",
         "--interval": "interval",
         "--max-rounds": "max_rounds",

@@ -38,6 +38,7 @@ import yaml
 from pydantic import Field
 
 from chattune.config import RunConfig, Section
+from chattune.data.preference import Pair
 from chattune.data.readers import read_conversations
 from chattune.data.types import Conversation
 from chattune.errors import ConfigError, DataError
@@ -78,6 +79,12 @@ class LearnSettings(Section):
         8, ge=0, le=1000, description="turns per set whose generated replies are scored"
     )
     max_new_tokens: int = Field(96, ge=1, le=2048, description="per generated reply")
+    objective: Literal["sft", "dpo"] = Field(
+        "sft",
+        description="sft: learn the new replies; dpo: learn preference pairs (each correction "
+        "chosen over the reply it corrected), without replay",
+    )
+    dpo_beta: float = Field(0.1, gt=0, le=10, description="dpo: beta")
     seed: int = 0
     hold: bool = Field(
         False, description="never promote: a passing candidate waits for `chattune models promote`"
@@ -104,6 +111,7 @@ class NewData:
     train: list[Conversation]
     val: list[Conversation]
     duplicates: int  # repeated within the new data, or already learned
+    pairs: list[Pair] = field(default_factory=list)  # dpo: the pairs of ``train``
 
 
 def gather(
@@ -253,8 +261,11 @@ def candidate_config(
         "anchor_data": [str(replay)] if replay else [], "progress": settings.progress,
         "seed": t.seed + current.number,
     })  # fmt: skip
+    objective = "preference" if settings.objective == "dpo" else cfg.data.objective
     data = cfg.data.model_copy(update={"train": [str(mix)], "val": [], "val_split": 0.0,
-                                       "format": "messages"})  # fmt: skip
+                                       "format": "messages", "objective": objective})  # fmt: skip
+    if settings.objective == "dpo":
+        train = train.model_copy(update={"dpo_beta": settings.dpo_beta})
     if peft:  # continue the adapter on the same base
         model = cfg.model.model_copy(update={"adapter": str(current.model_dir.resolve())})
     else:  # full or freeze: the version's weights are the new starting point
@@ -363,8 +374,14 @@ def run_round(
     train: Callable[[RunConfig], dict[str, Any]] | None = None,
     held_out: list[Conversation] | None = None,
     groups: list[str] | None = None,
+    pairs: list[Pair] | None = None,
 ) -> RoundResult:
     """Learn ``new`` on top of ``bot``'s current version; see the module docstring.
+
+    With ``settings.objective == "dpo"`` the round learns ``pairs`` instead: ``new`` is
+    their chosen conversations (prompt + chosen reply; what the gate and later rounds see),
+    they train with DPO from the current version as the reference, and nothing is replayed
+    (old conversations have no rejected replies; an anchor can still hold the weights).
 
     The candidate is promoted only if the gate passed and the current version is still
     the one the round started from: a rollback (or promotion) by hand during a long round
@@ -387,8 +404,17 @@ def run_round(
         update={"retire": retired_patterns(bot, current, settings.retire)}
     )
     lineage = read_lineage(bot, current, compile_retired(settings.retire))
+    by_chosen: dict[str, Pair] = {}
+    if settings.objective == "dpo":
+        if not pairs:
+            raise NotEnoughData(0, settings.min_new, 0)
+        by_chosen = {fingerprint(p.conversations()[0]): p for p in pairs}
+        new = [p.conversations()[0] for p in pairs]
+        groups = groups if groups is not None and len(groups) == len(new) else None
     data = gather(new, lineage.known, settings, held_out, groups)
-    replay = replay_sample(lineage.train, len(data.train), settings)
+    if by_chosen:
+        data.pairs = [by_chosen[fingerprint(c)] for c in data.train]
+    replay = [] if by_chosen else replay_sample(lineage.train, len(data.train), settings)
     candidate = bot.claim()
     try:
         result = _learn(bot, current, candidate, data, replay, lineage, settings, sources,
@@ -431,7 +457,11 @@ def _learn(
     if replay:
         manifest["replay"] = write_conversations(d / "replay.jsonl", replay)
     old = d / "replay.jsonl" if replay else None
-    cfg = candidate_config(current, d / "mix.jsonl", candidate.model_dir, settings, old)
+    trained_on = d / "mix.jsonl"
+    if data.pairs:
+        manifest["pairs"] = write_pairs(d / "pairs.jsonl", data.pairs)
+        trained_on = d / "pairs.jsonl"
+    cfg = candidate_config(current, trained_on, candidate.model_dir, settings, old)
     summary = train(cfg)
     shutil.rmtree(candidate.model_dir / "checkpoints", ignore_errors=True)  # the output is enough
     new_set = f"new ({candidate.label})"
@@ -462,6 +492,21 @@ def _learn(
     )
     report = write_report(candidate, current, before, after, decision, manifest, replay, lineage)
     return RoundResult(candidate, decision, False, report, before, after)
+
+
+def write_pairs(path: Path, pairs: list[Pair]) -> dict[str, Any]:
+    """Write preference pairs as JSONL (TRL's conversational format); the manifest entry."""
+    from chattune.data.jsonl import write_jsonl
+    from chattune.learn.registry import sha256_file
+
+    def row(p: Pair) -> dict[str, Any]:
+        return {"prompt": [m.as_dict() for m in p.prompt],
+                "chosen": [{"role": "assistant", "content": p.chosen}],
+                "rejected": [{"role": "assistant", "content": p.rejected}]}  # fmt: skip
+
+    rows = (row(p) for p in pairs)
+    count = write_jsonl(path, rows)
+    return {"file": path.name, "sha256": sha256_file(path), "pairs": count}
 
 
 def _shuffled(items: list[Conversation], settings: LearnSettings) -> list[Conversation]:
@@ -513,12 +558,22 @@ def write_report(
         f"the gate: {manifest['val']['conversations']}",
         f"- replayed from earlier versions: {len(replay)} (of {len(lineage.train)} kept)",
         f"- retired (a changed policy; not replayed, not in the old sets): {lineage.retired}",
-        f"- trained on: `data/mix.jsonl` (sha256 {manifest['mix']['sha256'][:16]}...)",
+        trained_line(manifest),
         "",
     ]
     path = candidate.path / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def trained_line(manifest: dict[str, Any]) -> str:
+    if "pairs" in manifest:
+        pairs = manifest["pairs"]
+        return (
+            f"- DPO on {pairs['pairs']} preference pairs: `data/pairs.jsonl` (sha256 "
+            f"{pairs['sha256'][:16]}...)"
+        )
+    return f"- trained on: `data/mix.jsonl` (sha256 {manifest['mix']['sha256'][:16]}...)"
 
 
 def read_new(files: list[str]) -> tuple[list[Conversation], list[dict[str, Any]]]:

@@ -160,6 +160,7 @@ class PreferencePair(TypedDict):
     chosen: list[dict[str, str]]
     rejected: list[dict[str, str]]
     owner: str
+    conversation: str
 
 
 def preference_pairs(s: Session, owner: str | None) -> Iterator[PreferencePair]:
@@ -198,6 +199,7 @@ def preference_pairs(s: Session, owner: str | None) -> Iterator[PreferencePair]:
                 "chosen": [example[-1]],
                 "rejected": [{"role": "assistant", "content": msg.content}],
                 "owner": conversation_owner,
+                "conversation": msg.conversation_id,
             }
 
 

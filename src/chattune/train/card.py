@@ -10,7 +10,7 @@ from chattune.config import RunConfig
 
 def _rows(cfg: RunConfig) -> list[tuple[str, str]]:
     d, t = cfg.data, cfg.train
-    loss_on = d.mask.value if d.objective == "chat" else "all tokens"
+    loss_on = {"chat": d.mask.value, "lm": "all tokens"}.get(d.objective, "DPO: chosen vs rejected")
     val = ", ".join(f"`{p}`" for p in d.val)
     if not val:
         val = f"{d.val_split:.0%} of the training data" if d.val_split else "none"

@@ -30,6 +30,7 @@ from chattune.train.lifecycle import (
     summarize,
     track_best,
 )
+from chattune.train.preference import preference_step, preference_validation
 from chattune.train.setup import Run, build_run
 from chattune.train.tracking import MetricsLogger
 
@@ -118,7 +119,26 @@ def to_device(batch: dict[str, torch.Tensor], device: Any) -> dict[str, torch.Te
 
 
 def train_step(run: Run, group: list[list[int]]) -> tuple[float, int]:
-    """One optimizer step over ``group`` micro-batches; return (mean loss, real tokens).
+    """One optimizer step over ``group`` micro-batches; return (mean loss, real tokens):
+    the backward passes of the objective (next-token loss, or DPO's for preference pairs:
+    train/preference.py), then clipping, the update and the schedule."""
+    if run.cfg.data.objective == "preference":
+        loss, tokens = preference_step(run, group)
+    else:
+        loss, tokens = token_loss_backward(run, group)
+    if run.cfg.train.max_grad_norm:
+        run.accelerator.clip_grad_norm_(run.loss_module.parameters(), run.cfg.train.max_grad_norm)
+    run.optimizer.step()
+    run.hooks.point("step.after_update", run.state.step + 1)
+    run.scheduler.step()
+    if run.prepared.after_step is not None:
+        run.prepared.after_step(run.state.step + 1)
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss, tokens
+
+
+def token_loss_backward(run: Run, group: list[list[int]]) -> tuple[float, int]:
+    """The next-token loss's backward passes over ``group``: (mean loss, real tokens).
 
     The loss is normalised by the labelled-token count of the whole group, so accumulating
     micro-batches gives the same gradient as one large batch.
@@ -140,14 +160,6 @@ def train_step(run: Run, group: list[list[int]]) -> tuple[float, int]:
                 loss = loss + run.anchor() / len(batches)
         run.accelerator.backward(loss)
         loss_sum += token_loss.item()
-    if run.cfg.train.max_grad_norm:
-        run.accelerator.clip_grad_norm_(run.loss_module.parameters(), run.cfg.train.max_grad_norm)
-    run.optimizer.step()
-    run.hooks.point("step.after_update", run.state.step + 1)
-    run.scheduler.step()
-    if run.prepared.after_step is not None:
-        run.prepared.after_step(run.state.step + 1)
-    run.optimizer.zero_grad(set_to_none=True)
     real_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     return loss_sum / max(n_labelled, 1), real_tokens
 
@@ -169,7 +181,10 @@ def eval_and_log(run: Run, logger: MetricsLogger, epoch: float) -> dict[str, flo
 
 @torch.no_grad()
 def validation_loss(run: Run) -> dict[str, float]:
-    """Token-weighted validation loss and perplexity, summed over all ranks."""
+    """Token-weighted validation loss and perplexity, summed over all ranks (for preference
+    pairs: DPO's loss and reward accuracy)."""
+    if run.cfg.data.objective == "preference":
+        return preference_validation(run)
     run.loss_module.eval()
     examples = run.data.val
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))

@@ -93,6 +93,14 @@ def read_items(cfg: RunConfig) -> tuple[list[Any], list[Any]]:
     d = cfg.data
     if not d.train:
         raise ConfigError("data.train (--data): give at least one training file")
+    if d.objective == "preference":
+        from chattune.data.dataset import split_validation
+        from chattune.data.preference import read_many_pairs
+
+        pairs, val = read_many_pairs(d.train), read_many_pairs(d.val) if d.val else []
+        if d.val_split:
+            pairs, val = split_validation(pairs, d.val_split, cfg.train.seed)
+        return pairs, val
     return read_splits(d.train, d.val, d.format, d.objective, d.val_split, cfg.train.seed)
 
 
@@ -101,6 +109,10 @@ def encode(cfg: RunConfig, items: list[Any], tokenizer: Any) -> tuple[list[Encod
     d = cfg.data
     if d.objective == "lm":
         return encode_documents(items, tokenizer, d.block_size)
+    if d.objective == "preference":
+        from chattune.data.preference import encode_pairs
+
+        return encode_pairs(items, tokenizer, d.max_len)  # type: ignore[return-value]
     return encode_conversations(items, tokenizer, d.max_len, d.mask)
 
 
@@ -200,7 +212,7 @@ def build_run(cfg: RunConfig, hooks: TrainHooks | None = None) -> Run:
     # step it once per process, which changes the schedule with the number of processes.
     loss_module, optimizer = accelerator.prepare(LabelledLoss(prepared.model), optimizer)
     anchor = build_anchor(cfg, prepared, loss_module, tokenizer, data, accelerator.device)
-    return Run(
+    run = Run(
         cfg=cfg,
         accelerator=accelerator,
         prepared=prepared,
@@ -214,6 +226,11 @@ def build_run(cfg: RunConfig, hooks: TrainHooks | None = None) -> Run:
         hooks=hooks,
         anchor=anchor,
     )
+    if cfg.data.objective == "preference":  # the starting model is DPO's reference
+        from chattune.train.preference import fill_reference
+
+        fill_reference(run, [*data.train, *data.val])
+    return run
 
 
 def build_anchor(
