@@ -60,6 +60,7 @@ def make_pairs(run: str, work: Path, limit: int) -> tuple[Path, Path]:
             if key not in seen:
                 seen.add(key)
                 examples.append(e)
+        examples = examples[: 2 * n]  # some are answered right already and give no pair
         replies = generate_replies(engine, examples, profile.generation, progress=False)
         rows = [{"prompt": [m.as_dict() for m in e.history],
                  "chosen": [{"role": "assistant", "content": e.reference}],
