@@ -101,17 +101,7 @@ def corrected(history: Iterable[Stored], reply: str) -> list[dict[str, str]] | N
 def rated_examples(s: Session, owner: str | None) -> Iterator[FeedbackExample]:
     """Each thumbs-up reply with its history, each corrected reply with the correction in
     its place (the newest feedback on a message wins; a bare thumbs-down is skipped)."""
-    query = (
-        select(FeedbackRow, MessageRow, ConversationRow.owner)
-        .join(MessageRow, FeedbackRow.message_id == MessageRow.id)
-        .join(ConversationRow, MessageRow.conversation_id == ConversationRow.id)
-        .order_by(FeedbackRow.id)
-    )
-    if owner is not None:
-        query = query.where(ConversationRow.owner == owner)
-    latest: dict[str, tuple[FeedbackRow, MessageRow, str]] = {}
-    for fb, msg, conversation_owner in s.execute(query).all():
-        latest[msg.id] = fb, msg, conversation_owner
+    latest = _latest_feedback(s, owner)
     fixes = {mid: fb.correction for mid, (fb, _, _) in latest.items() if fb.correction}
     for fb, msg, conversation_owner in latest.values():
         if fb.correction is None and fb.rating < 0:
@@ -120,11 +110,7 @@ def rated_examples(s: Session, owner: str | None) -> Iterator[FeedbackExample]:
             continue  # exported once, as an agent's answer (below)
         if fb.correction is None and is_handoff_notice(message_meta(msg)):
             continue  # liking "a person will answer" must not teach promising one
-        history = s.scalars(
-            select(MessageRow)
-            .where(MessageRow.conversation_id == msg.conversation_id, MessageRow.seq < msg.seq)
-            .order_by(MessageRow.seq)
-        ).all()
+        history = _before(s, msg)
         example = corrected(_stored(history, fixes), fb.correction or msg.content)
         if example is not None:
             yield {"messages": example, "owner": conversation_owner,
@@ -164,22 +150,11 @@ class PreferencePair(TypedDict):
 
 
 def preference_pairs(s: Session, owner: str | None) -> Iterator[PreferencePair]:
-    """One pair per corrected bot reply (the newest correction of each): the conversation
+    """One pair per corrected bot reply (whose newest feedback is a correction): the conversation
     before it as the prompt, the correction chosen, the bot's reply rejected. Thumbs alone
     make no pair (a thumbs-up has nothing rejected, a thumbs-down nothing chosen); agents'
     messages and handoff notices are not the bot's replies."""
-    query = (
-        select(FeedbackRow, MessageRow, ConversationRow.owner)
-        .join(MessageRow, FeedbackRow.message_id == MessageRow.id)
-        .join(ConversationRow, MessageRow.conversation_id == ConversationRow.id)
-        .where(FeedbackRow.correction.is_not(None))
-        .order_by(FeedbackRow.id)
-    )
-    if owner is not None:
-        query = query.where(ConversationRow.owner == owner)
-    latest: dict[str, tuple[FeedbackRow, MessageRow, str]] = {}
-    for fb, msg, conversation_owner in s.execute(query).all():
-        latest[msg.id] = fb, msg, conversation_owner
+    latest = _latest_feedback(s, owner)
     fixes = {mid: fb.correction for mid, (fb, _, _) in latest.items() if fb.correction}
     for fb, msg, conversation_owner in latest.values():
         meta = message_meta(msg)
@@ -187,11 +162,7 @@ def preference_pairs(s: Session, owner: str | None) -> Iterator[PreferencePair]:
             continue
         if fb.correction is None or fb.correction.strip() == msg.content.strip():
             continue  # nothing to prefer
-        history = s.scalars(
-            select(MessageRow)
-            .where(MessageRow.conversation_id == msg.conversation_id, MessageRow.seq < msg.seq)
-            .order_by(MessageRow.seq)
-        ).all()
+        history = _before(s, msg)
         example = corrected(_stored(history, fixes), fb.correction)
         if example is not None:
             yield {
@@ -201,6 +172,36 @@ def preference_pairs(s: Session, owner: str | None) -> Iterator[PreferencePair]:
                 "owner": conversation_owner,
                 "conversation": msg.conversation_id,
             }
+
+
+def _latest_feedback(
+    s: Session, owner: str | None
+) -> dict[str, tuple[FeedbackRow, MessageRow, str]]:
+    """message id -> (its newest feedback, the message, its conversation's owner): the
+    newest feedback on a message is what counts, for training examples and pairs alike."""
+    query = (
+        select(FeedbackRow, MessageRow, ConversationRow.owner)
+        .join(MessageRow, FeedbackRow.message_id == MessageRow.id)
+        .join(ConversationRow, MessageRow.conversation_id == ConversationRow.id)
+        .order_by(FeedbackRow.id)
+    )
+    if owner is not None:
+        query = query.where(ConversationRow.owner == owner)
+    latest: dict[str, tuple[FeedbackRow, MessageRow, str]] = {}
+    for fb, msg, conversation_owner in s.execute(query).all():
+        latest[msg.id] = fb, msg, conversation_owner
+    return latest
+
+
+def _before(s: Session, msg: MessageRow) -> list[MessageRow]:
+    """The messages of ``msg``'s conversation before it, in order."""
+    return list(
+        s.scalars(
+            select(MessageRow)
+            .where(MessageRow.conversation_id == msg.conversation_id, MessageRow.seq < msg.seq)
+            .order_by(MessageRow.seq)
+        ).all()
+    )
 
 
 def message_meta(m: MessageRow) -> dict[str, Any]:
