@@ -129,9 +129,10 @@ def main() -> None:
 
     results: dict[str, Any] = {"cpu": machine(), "run": str(run), "args": vars(args)}
     for name in args.variants:
-        settings = LearnSettings(epochs=args.epochs, replay_ratio=args.replay_ratio,
-                                 anchor_weight=args.anchor_weight, hold=True, progress=False,
-                                 reply_examples=args.reply_examples, **VARIANTS[name])  # fmt: skip
+        chosen = {"epochs": args.epochs, "replay_ratio": args.replay_ratio,
+                  "anchor_weight": args.anchor_weight, "reply_examples": args.reply_examples,
+                  "hold": True, "progress": False}  # fmt: skip
+        settings = LearnSettings(**(chosen | VARIANTS[name]))
         started = time.perf_counter()
         r = run_round(bot, b_train, settings, [{"file": "b-train.jsonl"}], profile,
                       evaluator=lambda spec, sets, s=settings: evaluate(spec, sets, s),
