@@ -49,7 +49,7 @@ demo: setup
 		--profile $(AGENT) --report $(DEMO)/nlu-eval.md
 	cat examples/support/routing-demo.txt | \
 		$(BIN)/chattune chat --model $(DEMO)/pine.gguf --kb $(DEMO)/kb --profile $(AGENT) --verbose
-	$(BIN)/python examples/support/learning_demo.py --run $(DEMO) --work $(DEMO)/learning
+	$(BIN)/python examples/support/learning_demo.py --run $(DEMO) --work $(DEMO)-learning
 
 test: setup
 	$(BIN)/pytest -q

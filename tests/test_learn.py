@@ -513,3 +513,10 @@ def test_a_dpo_round_learns_pairs_from_the_current_version(registry_with_v1) -> 
     assert v2.meta["replay"]["conversations"] == 0 and v2.meta["data"]["pairs"]["pairs"] == 6
     config = (v2.model_dir / "config.yaml").read_text()
     assert "objective: preference" in config and "adapter: " in config  # continued, DPO
+
+
+def test_a_registry_inside_the_run_is_refused(tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "run")
+    with pytest.raises(ConfigError, match="inside the run"):
+        Registry(run / "models").bot("pine").register_run(run)
+    assert not (run / "models" / "pine" / "v1").exists()

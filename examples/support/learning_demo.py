@@ -18,7 +18,7 @@ answered right before is answered wrong after (forgetting). An old question that
 already answered wrong before the round (the small demo model does not know everything it
 was trained on) is reported, and not counted against the round.
 
-    python examples/support/learning_demo.py [--run runs/demo] [--work runs/demo/learning]
+    python examples/support/learning_demo.py [--run runs/demo] [--work runs/demo-learning]
 """
 
 from __future__ import annotations
@@ -101,7 +101,9 @@ def version(client: httpx.Client) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default="runs/demo", help="the tuned bot (chattune train)")
-    parser.add_argument("--work", default="runs/demo/learning", help="registry and database")
+    parser.add_argument(
+        "--work", default="runs/demo-learning", help="registry and database (outside --run)"
+    )
     args = parser.parse_args()
     os.chdir(ROOT)
     work = Path(args.work)

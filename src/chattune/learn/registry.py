@@ -236,6 +236,11 @@ class Bot:
                 "--output folder of a finished `chattune train`"
             )
         run_meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        if self.path.resolve().is_relative_to(run.resolve()):
+            raise ConfigError(
+                f"--registry {self.path.parent} is inside the run {run}: registering would "
+                "copy the registry into itself; put the registry outside the run folder"
+            )
         version = self.claim()
         try:
             shutil.copytree(run, version.model_dir, ignore=shutil.ignore_patterns("checkpoints"))
