@@ -241,6 +241,19 @@ class GateBackend(FakeBackend):
         yield " last"
 
 
+def wait_until(condition, limit: float = 30.0) -> bool:
+    """Wait (bounded, polling every 10 ms) for a state a server reaches on its own: a
+    bound, not a guess at timing. True if it was reached within ``limit`` seconds."""
+    import time
+
+    end = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     import socket

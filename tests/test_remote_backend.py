@@ -28,7 +28,7 @@ from chattune.data.types import Message
 from chattune.model.generation import GenerationOptions
 from chattune.serve.app import build_app
 from chattune.serve.store import Store
-from tests.conftest import ROOT, FakeBackend, GateBackend, free_port, live_server
+from tests.conftest import ROOT, FakeBackend, GateBackend, free_port, live_server, wait_until
 
 KEY = "sk-remote"
 BEARER = {"Authorization": f"Bearer {KEY}"}
@@ -232,19 +232,9 @@ def test_a_full_server_answers_429_and_a_disconnect_frees_the_slot(tokenizer, tm
             r = http.post("/v1/completions", json={"prompt": "x"})
             assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
         assert gate.cancelled.wait(10)  # the client left: its generation stopped
-        assert _until(lambda: slots.admitted == 0), "the slot was not freed"
+        assert wait_until(lambda: slots.admitted == 0), "the slot was not freed"
         gate.release.set()
         assert http.post("/v1/completions", json={"prompt": "x"}).status_code == 200
-
-
-def _until(condition, limit: float = 30.0) -> bool:
-    """Wait for a state the server reaches on its own (a bound, not a guess at timing)."""
-    end = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 # ----- the remote backend against a live chattune ----------------------------------------
@@ -408,7 +398,7 @@ def test_cancel_stops_the_remote_generation(tokenizer, tmp_path):
                 cancel.set()
         assert got == 3  # nothing more was yielded once cancelled
         assert server.cancelled.wait(10), "the server went on generating"
-        assert _until(lambda: app.state.service.slots.admitted == 0)
+        assert wait_until(lambda: app.state.service.slots.admitted == 0)
         # a consumer that just stops reading (the engine at a stop string) closes it too
         server.cancelled.clear()
         pieces = backend.stream(

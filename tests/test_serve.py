@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from chattune.chat.engine import ChatEngine
 from chattune.serve.app import build_app
 from chattune.serve.store import Store
-from tests.conftest import FakeBackend, GateBackend, live_server
+from tests.conftest import FakeBackend, GateBackend, live_server, wait_until
 
 KEYS = ["key-alice", "key-bob"]
 
@@ -165,19 +165,9 @@ def test_full_queue_is_429_and_a_disconnect_frees_the_slot(tokenizer, tmp_path) 
             assert r.json()["error"]["type"] == "rate_limit_error"
         # the client left mid-stream: generation is cancelled and its place given back
         assert backend.cancelled.wait(10)
-        assert _until(lambda: slots.admitted == 0), "the slot was not freed"
+        assert wait_until(lambda: slots.admitted == 0), "the slot was not freed"
         backend.release.set()
         assert http.post("/v1/chat/completions", json=ask(max_tokens=1)).status_code == 200
-
-
-def _until(condition, limit: float = 30.0) -> bool:
-    """Wait for a state the server reaches on its own (a bound, not a guess at timing)."""
-    end = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_open_server_without_keys(make_client) -> None:
@@ -537,8 +527,8 @@ def test_a_client_that_stops_reading_cannot_hold_a_slot_past_the_deadline(tokeni
     with live_server(app) as url:
         sock = _raw_request(url, body, f"Content-Length: {len(body)}\r\n\r\n")
         try:  # it never reads: the server's writes block on a full TCP window
-            assert _until(lambda: slots.admitted == 1, 10)
-            assert _until(lambda: slots.admitted == 0, 20), "the slot outlived the deadline"
+            assert wait_until(lambda: slots.admitted == 1, 10)
+            assert wait_until(lambda: slots.admitted == 0, 20), "the slot outlived the deadline"
         finally:
             sock.close()
 
@@ -598,7 +588,7 @@ def test_a_disconnect_frees_the_slot_only_once_the_model_is_idle(tokenizer, tmp_
         for _ in range(4):
             with http.stream("POST", "/v1/chat/completions", json=ask(stream=True)) as r:
                 next(r.iter_lines())
-    assert _until(lambda: app.state.service.slots.admitted == 0)
+    assert wait_until(lambda: app.state.service.slots.admitted == 0)
     assert peak[0] == 1
 
 
@@ -638,7 +628,7 @@ def test_a_plain_request_that_leaves_the_queue_gives_up_its_place(tokenizer, tmp
         assert backend.started.wait(10)
         with pytest.raises(httpx.ReadTimeout):  # queued behind it, then gone
             http.post("/v1/chat/completions", json=ask(), timeout=0.5)
-        assert _until(lambda: slots.admitted == 1, 10)  # only the generating one is left
+        assert wait_until(lambda: slots.admitted == 1, 10)  # only the generating one is left
         backend.release.set()
     assert backend.calls == 1  # the one that left never reached the model
 

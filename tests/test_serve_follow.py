@@ -34,7 +34,7 @@ from chattune.serve.app import build_app
 from chattune.serve.follow import Follower
 from chattune.serve.live import Live
 from chattune.serve.store import Store
-from tests.conftest import FakeBackend, live_server
+from tests.conftest import FakeBackend, live_server, wait_until
 
 KEY = "sk-follow"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -274,13 +274,13 @@ def test_a_promotion_switches_between_requests(tokenizer, tmp_path) -> None:
         bot.promote(2, "better")
         assert loader.started.wait(LIMIT)
         during = [pool.submit(_ask_new, url, kind) for kind in KINDS * 2]
-        assert _until(lambda: service.slots.admitted == 12)
+        assert _wait(lambda: service.slots.admitted == 12)
         assert c.get("/health").json() == {"status": "ok", "model": "pine", "version": "pine-v1"}
         # 3. the load ends and v2 is swapped in: eight requests after that queue too
         loader.finish.set()
         assert follower.wait_for_attempts(1, LIMIT) and service.version == "pine-v2"
         after = [pool.submit(_ask_new, url, kind) for kind in KINDS * 2]
-        assert _until(lambda: service.slots.admitted == 20)
+        assert _wait(lambda: service.slots.admitted == 20)
         models = c.get("/v1/models").json()["data"]
         assert [(m["id"], m["version"]) for m in models] == [("pine", "pine-v2")]
         assert not old.closed.is_set()  # retired, but twelve requests are still on it
@@ -344,16 +344,6 @@ def _check_stored(client: httpx.Client, outcomes: list[Outcome]) -> None:
 def _ask_new(url: str, kind: str) -> Outcome:
     with httpx.Client(base_url=url, headers=AUTH, timeout=LIMIT) as client:
         return ask(client, kind)
-
-
-def _until(condition, limit: float = LIMIT) -> bool:
-    """Wait (bounded) for a state the server reaches on its own."""
-    end = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 # ----- (b) rollback, (c) a broken version ------------------------------------------------
@@ -473,7 +463,7 @@ def test_a_retired_engine_leaves_memory_with_its_last_lease(tokenizer) -> None:
     live.swap(ChatEngine(FakeBackend(tokenizer, ["2"])), "pine-v2")
     lease.release()
     del lease
-    assert _until(lambda: gc.collect() >= 0 and gone() is None)
+    assert _wait(lambda: gc.collect() >= 0 and gone() is None)
     same = ChatEngine(live.engine.backend)  # a swap to the same backend closes nothing
     closed = threading.Event()
     same.backend.close = closed.set  # type: ignore[method-assign]
@@ -584,3 +574,7 @@ def _real_reply(client: TestClient) -> str | None:
         .json()["messages"][-1]
         .get("model_version")
     )
+
+
+def _wait(condition, limit: float = LIMIT) -> bool:
+    return wait_until(condition, limit)
