@@ -90,6 +90,11 @@ class DataConfig(Section):
     max_len: int = Field(1024, ge=8, description="tokens per example; oldest turns are dropped")
     mask: MaskPolicy = Field(MaskPolicy.ASSISTANT, description="which turns carry the loss")
     block_size: int = Field(512, ge=16, description="packed block length for objective=lm")
+    chat_template: str | None = Field(
+        None,
+        description="a Jinja chat template (inline, or the path of a .jinja file) to use "
+        "instead of the tokenizer's: for models with none, or one that is not prefix-stable",
+    )
 
     @model_validator(mode="after")
     def _one_validation_source(self) -> DataConfig:
@@ -147,6 +152,23 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(1, ge=1)
     resume: bool = Field(False, description="continue from the newest complete checkpoint")
+    resume_force: bool = Field(
+        False,
+        description="resume even if the saved run's batches differ (batch size, number of "
+        "processes, data)",
+    )
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="trackers that receive the metrics besides metrics.jsonl (wandb runs "
+        "offline unless WANDB_MODE says otherwise; mlflow writes to MLFLOW_TRACKING_URI or "
+        "OUTPUT/mlruns)",
+    )
+    neftune_alpha: float = Field(
+        0.0,
+        ge=0,
+        description="NEFTune: uniform noise of this scale (divided by sqrt(length x width)) "
+        "added to the input embeddings while training; 0: off",
+    )
     progress: bool = True
     gradient_checkpointing: bool = False
     anchor: Literal["none", "l2sp", "ewc"] = Field(

@@ -20,6 +20,10 @@ from typing import Any
 
 #: ``on_evaluate(model, tokenizer, step) -> {"eval_bleu": 0.21, ...}``
 EvaluateHook = Callable[[Any, Any, int], dict[str, float]]
+#: ``after_evaluate(step, metrics) -> stop?``: called on every rank after each evaluation
+#: with the logged metrics (``eval_loss``, ...); returning True ends the run there, as early
+#: stopping does (``chattune tune`` prunes weak trials with it).
+AfterEvaluateHook = Callable[[int, dict[str, float]], bool]
 #: ``point(name, step)``, called at each named moment of the run (see :data:`POINTS`).
 PointHook = Callable[[str, int], None]
 
@@ -49,9 +53,12 @@ class TrainHooks:
         on_evaluate: called on rank 0 after each evaluation's loss, with the model in eval
             mode and the step just trained; the metrics it returns are logged in the same
             record (name them ``eval_*``). None: loss and perplexity only.
+        after_evaluate: called on every rank after each evaluation (and after the best
+            weights are kept) with the step and the metrics; True stops the run there.
         point: called at every named point (:data:`POINTS`) with the step; crash tests pass
             one that sends ``SIGKILL`` to its own process at a chosen ``(name, step)``.
     """
 
     on_evaluate: EvaluateHook | None = None
+    after_evaluate: AfterEvaluateHook | None = None
     point: PointHook = nowhere

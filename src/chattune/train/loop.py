@@ -176,6 +176,9 @@ def eval_and_log(run: Run, logger: MetricsLogger, epoch: float) -> dict[str, flo
         s.last_eval = validation_loss(run) | hook_metrics(run)
         logger.log({"step": s.step, "epoch": round(epoch, 4), **s.last_eval})
         track_best(run, s.last_eval)
+        after = run.hooks.after_evaluate
+        if after is not None and after(s.step, dict(s.last_eval)):
+            run.early_stopped = True
     return s.last_eval
 
 
