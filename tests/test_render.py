@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import random
 
 import pytest
 
@@ -128,13 +129,28 @@ def test_length_grouped_batches_are_deterministic_and_cover_everything() -> None
     assert a == length_grouped_batches(lengths, 4, seed=1, epoch=0, group=2)
     assert a != length_grouped_batches(lengths, 4, seed=1, epoch=1, group=2)
     assert sorted(i for b in a for i in b) == list(range(50))
-    grouped = length_grouped_batches(lengths, 4, seed=1, epoch=0)  # one window: near sorted
-    padding = sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in grouped)
-    random_padding = sum(
-        len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b)
-        for b in [list(range(i, min(i + 4, 50))) for i in range(0, 50, 4)]
-    )
-    assert padding < random_padding / 4
+    grouped = length_grouped_batches(lengths, 4, seed=1, epoch=0, group=50)  # one window
+    random_batches = [list(range(i, min(i + 4, 50))) for i in range(0, 50, 4)]
+    assert padding(grouped, lengths) < padding(random_batches, lengths) / 4
+
+
+def padding(batches: list[list[int]], lengths: list[int]) -> int:
+    return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
+
+
+def test_length_groups_are_sized_to_the_data_and_change_members_every_epoch() -> None:
+    """150 examples in batches of 8: windows of 4 batches (HF's megabatch rule), so each epoch
+    and seed trains other batches, not one sorted set in a new order; padding stays low."""
+    rng = random.Random(7)
+    lengths = [rng.randint(40, 600) for _ in range(150)]
+    members = [
+        {frozenset(b) for b in length_grouped_batches(lengths, 8, seed, epoch)}
+        for seed, epoch in [(42, 0), (42, 1), (1, 0)]
+    ]
+    assert len(members[0] & members[1]) <= 2 and len(members[0] & members[2]) <= 2
+    batches = length_grouped_batches(lengths, 8, 42, 0)
+    random_batches = [list(range(i, min(i + 8, 150))) for i in range(0, 150, 8)]
+    assert padding(batches, lengths) < padding(random_batches, lengths) / 2
 
 
 def test_collate_pads_right_and_masks_padding() -> None:

@@ -29,9 +29,15 @@ class EncodeReport:
 
 
 def length_grouped_batches(
-    lengths: list[int], batch_size: int, seed: int, epoch: int, group: int = 64
+    lengths: list[int], batch_size: int, seed: int, epoch: int, group: int | None = None
 ) -> list[list[int]]:
     """Shuffle, then sort within windows of ``group`` batches by length, then shuffle batches.
+
+    The window is sized to the data as Hugging Face's ``LengthGroupedSampler`` sizes its
+    megabatches: ``group = min(len // (4 * batch_size), 50)`` batches, at least one. A window
+    that held the whole set would sort it once, so every seed and epoch would train the very
+    same batches, only in another order; windows of a quarter of the set or less give each
+    epoch new batch members while neighbours in length still share a batch.
 
     Deterministic in ``(seed, epoch)``, so a resumed run sees the same batches in the same
     order and can skip the ones it already trained on.
@@ -40,6 +46,8 @@ def length_grouped_batches(
         >>> length_grouped_batches([5, 1, 4, 2], batch_size=2, seed=0, epoch=0, group=2)
         [[2, 1], [0, 2]]  # doctest: +SKIP
     """
+    if group is None:
+        group = max(1, min(len(lengths) // (4 * batch_size), 50))
     rng = random.Random(seed * 1_000_003 + epoch)
     order = list(range(len(lengths)))
     rng.shuffle(order)
