@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import free_port
 
 WORKER = Path(__file__).parent / "ddp_worker.py"
@@ -62,3 +64,55 @@ def test_two_ranks_end_identical_and_only_rank_0_writes(tiny_model_dir, chat_fil
         "step-0000002",
         "step-0000003",
     ]
+
+
+GRAD_WORKER = Path(__file__).parent / "ddp_grad_worker.py"
+
+
+def launch(worker: Path, processes: int, *args: str) -> None:
+    """``worker args`` under ``accelerate launch`` with ``processes`` CPU ranks (gloo)."""
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    cmd = [accelerate, "launch", "--num_machines", "1", "--mixed_precision", "no"]
+    cmd += ["--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    cmd += ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--cpu"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [*cmd, str(worker), *args], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def preference_pairs(path: Path) -> Path:
+    """Eight pairs of unequal lengths for the DPO variant."""
+    rows = [
+        {"prompt": f"Question {i}? " + "more words " * (i % 4),
+         "chosen": "Yes. " * (1 + i % 5), "rejected": "No." + " really" * (i % 3)}
+        for i in range(8)
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("objective", ["chat", "preference"])
+def test_two_unequal_ranks_give_the_gradient_of_one_process_on_their_union(
+    objective, tiny_model_dir, chat_files, tmp_path
+):
+    """Rank 0 trains three examples, rank 1 one: after DDP's average the gradient (and the
+    logged loss) must be the one a single process computes on all four. Normalising by
+    each rank's own token count would average the two ranks' means instead."""
+    import torch
+
+    data = chat_files[0] if objective == "chat" else preference_pairs(tmp_path / "pairs.jsonl")
+    overrides = [f"model.base={tiny_model_dir}", f"data.train=[{data}]"]
+    overrides += [f"data.objective={objective}", "train.batch_size=1", "train.progress=false"]
+    overrides += [f"train.output={tmp_path / 'run'}", "adapter.method=full"]
+    launch(GRAD_WORKER, 2, str(tmp_path), *overrides)
+    launch(GRAD_WORKER, 1, str(tmp_path), *overrides)
+    ranks = [torch.load(tmp_path / f"grads-rank{r}-world2.pt") for r in (0, 1)]
+    alone = torch.load(tmp_path / "grads-rank0-world1.pt")
+    for record in ranks:
+        assert record["loss"] == pytest.approx(alone["loss"], rel=1e-6)
+        assert record["tokens"] == alone["tokens"]
+        assert record["grads"].keys() == alone["grads"].keys()
+        for name, grad in alone["grads"].items():
+            torch.testing.assert_close(record["grads"][name], grad, rtol=1e-4, atol=1e-7)

@@ -129,7 +129,7 @@ def summarize(run: Run, final: dict[str, float], tokens_per_s: float) -> dict[st
         "trained_tokens": r.trained_tokens,
         "truncated": r.truncated,
         "dropped": r.dropped,
-        "tokens_per_s": round(tokens_per_s * run.accelerator.num_processes, 1),
+        "tokens_per_s": round(tokens_per_s, 1),  # of every rank: the step counts are global
     }
     if final:
         summary.update(final_eval_loss=round(final["eval_loss"], 4))

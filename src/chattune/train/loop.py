@@ -52,7 +52,8 @@ def fit(run: Run) -> dict[str, Any]:
     """Resume if asked, loop, evaluate, checkpoint and save the output of a built run."""
     resume_or_refuse(run)
     resumed_at = run.state.step if run.cfg.train.resume else None
-    with MetricsLogger(run.output, resumed_at, run.is_main) as logger, catch_interrupts(run):
+    logger = MetricsLogger(run.output, resumed_at, run.is_main, config=run.cfg)
+    with logger, catch_interrupts(run):
         started, start_tokens = time.perf_counter(), run.state.tokens_seen
         train_loop(run, logger)
         if run.stop_requested and run.state.step < run.total_steps:
@@ -98,7 +99,7 @@ def run_step(run: Run, batches: list[list[int]], logger: MetricsLogger, bar: Any
     lr = run.scheduler.get_last_lr()[0]  # the rate this step uses
     start = time.perf_counter()
     loss, tokens = train_step(run, group)
-    tok_s = tokens * run.accelerator.num_processes / (time.perf_counter() - start)
+    tok_s = tokens / (time.perf_counter() - start)  # tokens of every rank
     s.step, s.batch_in_epoch = s.step + 1, s.batch_in_epoch + len(group)
     s.tokens_seen += tokens
     epoch = s.epoch + s.batch_in_epoch / len(batches)
@@ -138,30 +139,41 @@ def train_step(run: Run, group: list[list[int]]) -> tuple[float, int]:
 
 
 def token_loss_backward(run: Run, group: list[list[int]]) -> tuple[float, int]:
-    """The next-token loss's backward passes over ``group``: (mean loss, real tokens).
+    """The next-token loss's backward passes over ``group``: (mean loss, real tokens), both
+    over every rank.
 
-    The loss is normalised by the labelled-token count of the whole group, so accumulating
-    micro-batches gives the same gradient as one large batch.
+    The loss is the summed token loss over the labelled-token count of the whole step: all
+    micro-batches of ``group``, on every rank. DDP averages the ranks' gradients, so each
+    rank scales its sum by ``world / N`` with ``N`` the global count (all-reduced before the
+    forward passes, as TRL does): the average of ``world * S_r / N`` is ``sum(S_r) / N``, the
+    gradient of one process training the union. Dividing by the rank's own count instead
+    would weight a rank's tokens by how few it has (length-grouped batches make ranks very
+    unequal).
     """
     pad = run.tokenizer.pad_token_id
+    world = run.accelerator.num_processes
     batches = [collate([run.data.train[i] for i in b], pad) for b in group]
-    n_labelled = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
-    loss_sum = 0.0
+    local_labelled = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    local_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    n_labelled, real_tokens = run.sum_over_ranks(local_labelled, local_tokens)
+    scale = world / max(n_labelled, 1)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.accelerator.device)
     for k, batch in enumerate(batches):
         last = k == len(batches) - 1
         # DDP averages gradients across ranks once, on the group's last backward.
         sync = nullcontext() if last else run.accelerator.no_sync(run.loss_module)
         with sync, run.accelerator.autocast():
             token_loss, _ = run.loss_module(**to_device(batch, run.accelerator.device))
-            loss = token_loss / max(n_labelled, 1)
+            loss = token_loss * scale
             if run.prepared.regularizer is not None:
                 loss = loss + run.prepared.regularizer() / len(batches)
             if run.anchor is not None:  # train.anchor: once per optimizer step in all
                 loss = loss + run.anchor() / len(batches)
         run.accelerator.backward(loss)
-        loss_sum += token_loss.item()
-    real_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    return loss_sum / max(n_labelled, 1), real_tokens
+        loss_sum += token_loss.detach().double()
+    if world > 1:
+        loss_sum = run.accelerator.reduce(loss_sum, reduction="sum")
+    return loss_sum.item() / max(n_labelled, 1), real_tokens
 
 
 def eval_and_log(run: Run, logger: MetricsLogger, epoch: float) -> dict[str, float]:

@@ -73,11 +73,18 @@ def dpo_losses(
 
 def preference_step(run: Any, group: list[list[int]]) -> tuple[float, int]:
     """One optimizer step of DPO over ``group`` micro-batches of pair indices: (mean loss
-    per pair, real tokens). Accumulated micro-batches give the gradient of one large batch:
-    each adds its pairs' losses over the group's pair count."""
-    beta = run.cfg.train.dpo_beta
-    total_pairs = sum(len(b) for b in group)
-    loss_sum, tokens = 0.0, 0
+    per pair, real tokens), over every rank. Accumulated micro-batches and DDP ranks give
+    the gradient of one large batch: each adds its pairs' losses times ``world`` over the
+    step's global pair count (DDP then averages over the ranks; as for the token loss in
+    train/loop.py)."""
+    beta, world = run.cfg.train.dpo_beta, run.accelerator.num_processes
+    local_tokens = 0
+    for indices in group:
+        for i in indices:
+            pair = run.data.train[i]
+            local_tokens += len(pair.chosen.input_ids) + len(pair.rejected.input_ids)
+    total_pairs, tokens = run.sum_over_ranks(sum(len(b) for b in group), local_tokens)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.accelerator.device)
     for k, indices in enumerate(group):
         pairs = [run.data.train[i] for i in indices]
         batch = _batch(pairs, run.tokenizer.pad_token_id, run.accelerator.device)
@@ -85,13 +92,14 @@ def preference_step(run: Any, group: list[list[int]]) -> tuple[float, int]:
         sync = nullcontext() if last else run.accelerator.no_sync(run.loss_module)
         with sync, run.accelerator.autocast():
             losses, _ = dpo_losses(log_probs(run.loss_module, batch), pairs, beta)
-            loss = losses.sum() / total_pairs
+            loss = losses.sum() * world / max(total_pairs, 1)
             if run.anchor is not None:
                 loss = loss + run.anchor() / len(group)
         run.accelerator.backward(loss)
-        loss_sum += float(losses.detach().sum())
-        tokens += int(batch["attention_mask"].sum())
-    return loss_sum / max(total_pairs, 1), tokens
+        loss_sum += losses.detach().sum().double()
+    if world > 1:
+        loss_sum = run.accelerator.reduce(loss_sum, reduction="sum")
+    return loss_sum.item() / max(total_pairs, 1), tokens
 
 
 @torch.no_grad()

@@ -83,6 +83,13 @@ class Run:
     def should_stop(self) -> bool:
         return self.stop_requested or self.early_stopped
 
+    def sum_over_ranks(self, *counts: int) -> list[int]:
+        """``counts`` summed over every rank: one all-reduce, none in a single process."""
+        if self.accelerator.num_processes == 1:
+            return list(counts)
+        local = torch.tensor(counts, dtype=torch.float64, device=self.accelerator.device)
+        return [int(x) for x in self.accelerator.reduce(local, reduction="sum").tolist()]
+
 
 def read_items(cfg: RunConfig) -> tuple[list[Any], list[Any]]:
     """The training and validation items (conversations or documents), read and validated.
