@@ -316,3 +316,45 @@ def test_model_without_chat_template_gets_the_default(tmp_path, chat_files) -> N
         assert summary["steps"] == 2
         template = (out / "chat_template.jinja").read_text()
         assert "<|assistant|>" in template and "eos_token" in template
+
+
+def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch) -> None:
+    """oneDNN's check says yes on AVX-512 CPUs that emulate bf16 (10x slow): auto must ask
+    for AVX512_BF16 / AMX instead, and on CUDA for bf16 without emulation."""
+    from chattune.train.setup import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    for avx512_bf16, amx, expected in [(False, False, "no"), (True, False, "bf16"),
+                                       (False, True, "bf16")]:  # fmt: skip
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert resolve_precision("auto") == expected
+    assert resolve_precision("bf16") == "bf16" and resolve_precision("fp32") == "no"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # a GPU that only emulates bf16 (pre-Ampere): supported with emulation, not natively
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation
+    )
+    assert resolve_precision("auto") == "no"
+
+
+def test_frozen_weights_in_bf16_keep_the_trained_ones_in_float32(tiny_model_dir) -> None:
+    from chattune.config import AdapterConfig
+    from chattune.model.adapters import prepare
+    from chattune.model.loading import load_base
+    from chattune.model.loss import LabelledLoss
+    from chattune.train.setup import frozen_weights_in_bf16
+
+    model, _ = load_base(str(tiny_model_dir))
+    prepared = prepare(model, AdapterConfig(), total_steps=1)
+    assert frozen_weights_in_bf16(prepared.model) > 0
+    dtypes = {(p.requires_grad, p.dtype) for p in prepared.model.parameters()}
+    assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}
+    ids = torch.tensor([[1, 5, 6, 7, 2]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, n = LabelledLoss(prepared.model)(ids, torch.ones_like(ids), ids)
+    loss.backward()
+    assert torch.isfinite(loss) and n == 4
+    grads = [p.grad for p in prepared.model.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 for g in grads)

@@ -27,7 +27,7 @@ from chattune.data.dataset import (
     read_splits,
     require_trainable,
 )
-from chattune.data.render import Encoded
+from chattune.data.render import Encoded, apply_chat_template_override
 from chattune.errors import ConfigError
 from chattune.model.adapters import Prepared, prepare, resume_adapter
 from chattune.model.loading import load_base
@@ -150,12 +150,27 @@ def count_steps(cfg: RunConfig, n_examples: int, world: int) -> int:
     return max(1, math.ceil(cfg.train.epochs * per_epoch))
 
 
+def native_bf16() -> bool:
+    """Whether this machine computes bf16 natively (not emulated).
+
+    On CUDA: bf16 tensor cores (Ampere and newer), ``including_emulation=False``. On CPUs:
+    the AVX512_BF16 or AMX instructions. oneDNN's own check
+    (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) is also true on AVX-512 CPUs without
+    either, where it emulates bf16 about 10x slower than float32.
+    """
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if torch.backends.mps.is_available():
+        return False
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def resolve_precision(precision: str) -> str:
     """Accelerate's mixed-precision mode: bf16 autocast over fp32 weights, or none.
 
-    ``auto`` uses bf16 only where the hardware computes it natively. On CPUs without native
-    bf16 (AVX2-only, like this project's 2-core CI machines) oneDNN emulates it and a LoRA
-    step on SmolLM2-135M ran about 10x slower than float32 (measured: docs/training.md).
+    ``auto`` uses bf16 only where the hardware computes it natively (:func:`native_bf16`).
+    On CPUs without it (AVX2-only, like some of this project's 2-core CI machines) a LoRA
+    step on SmolLM2-135M ran about 10x slower in bf16 than in float32 (docs/training.md).
 
     Example:
         >>> resolve_precision("fp32")
@@ -165,9 +180,22 @@ def resolve_precision(precision: str) -> str:
         return "bf16"
     if precision == "fp32":
         return "no"
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+    return "bf16" if native_bf16() else "no"
+
+
+def frozen_weights_in_bf16(model: Any) -> int:
+    """Store the frozen floating-point weights of ``model`` in bf16; return how many.
+
+    For adapter training in bf16 on a GPU: autocast computes the matmuls in bf16 anyway, so
+    fp32 copies of weights that never change only double their memory. The trained
+    parameters stay float32 (the optimizer's master copies), as do buffers (rotary
+    frequencies).
+    """
+    frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
+    with torch.no_grad():
+        for p in frozen:
+            p.data = p.data.to(torch.bfloat16)
+    return len(frozen)
 
 
 def build_accelerator(cfg: RunConfig) -> Any:
@@ -210,9 +238,13 @@ def build_run(cfg: RunConfig, hooks: TrainHooks | None = None) -> Run:
         model, tokenizer = load_base(
             cfg.model.base, cfg.model.attn_implementation, cfg.model.trust_remote_code
         )
+    apply_chat_template_override(tokenizer, cfg.data.chat_template)  # saved with the output
     data = build_data(cfg, tokenizer)
     total = count_steps(cfg, len(data.train), accelerator.num_processes)
     prepared = build_model(cfg, model, total)
+    on_gpu = accelerator.device.type == "cuda"
+    if on_gpu and accelerator.mixed_precision == "bf16" and prepared.is_peft:
+        frozen_weights_in_bf16(prepared.model)
     optimizer = build_optimizer(prepared.model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total)
     # The scheduler is stepped by hand once per optimizer step: Accelerate's wrapper would
