@@ -10,7 +10,10 @@ the training loop alone), peak RSS, and the eval loss on examples/support/val.js
 afterwards by one shared function (assistant tokens only), so the numbers are comparable.
 
 Contenders:
-  chattune        chattune's defaults
+  chattune        chattune's defaults (train.precision=auto: bf16 where the CPU has AVX512_BF16
+                  or AMX, else float32)
+  chattune-fp32   chattune in float32
+  chattune-bf16   chattune with bf16 autocast
   trl-defaults    TRL's defaults (bf16, gradient checkpointing, LoRA dropout 0.05)
   trl-tuned       TRL with every CPU knob: bf16, LoRA dropout 0, no gradient checkpointing,
                   length-grouped batches
@@ -18,7 +21,11 @@ Contenders:
                   2-core machines this project is built on) bf16 is emulated and slow, so this
                   is TRL's best configuration there
 
-    python bench/train_vs_trl.py [--steps 6] [--only chattune trl-tuned-fp32]
+With ``--seeds 42 1 2 3 4`` every contender runs once per seed (the seed of the LoRA
+initialisation and of the batch order); the table shows mean ± sd and a Welch t-test of
+each contender's eval loss against the first chattune contender's.
+
+    python bench/train_vs_trl.py [--steps 6] [--only chattune trl-tuned-fp32] [--seeds 42 1]
 """
 
 from __future__ import annotations
@@ -39,7 +46,14 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "examples" / "support" / "train.jsonl"
 VAL = ROOT / "examples" / "support" / "val.jsonl"
-CONTENDERS = ["chattune", "trl-defaults", "trl-tuned", "trl-tuned-fp32"]
+CONTENDERS = [
+    "chattune",
+    "chattune-fp32",
+    "chattune-bf16",
+    "trl-defaults",
+    "trl-tuned",
+    "trl-tuned-fp32",
+]
 LR, R, ALPHA, MAX_LEN, BATCH = 2e-4, 16, 32, 512, 8
 
 # SmolLM2's own ChatML template with TRL's {% generation %} markers around what the assistant
@@ -77,7 +91,7 @@ def shared_eval_loss(model, tokenizer) -> float:
     return total / n
 
 
-def run_chattune(steps: int, *extra: str) -> dict:
+def run_chattune(steps: int, seed: int, *extra: str) -> dict:
     """chattune's defaults for this recipe; ``extra`` overrides (``key=value``) on top."""
     from chattune.config import build_config
     from chattune.train.loop import fit
@@ -95,6 +109,7 @@ def run_chattune(steps: int, *extra: str) -> dict:
             f"data.max_len={MAX_LEN}",
             "train.warmup_ratio=0",
             "train.progress=false",
+            f"train.seed={seed}",
             *extra,
         ],
     )
@@ -106,7 +121,9 @@ def run_chattune(steps: int, *extra: str) -> dict:
     }
 
 
-def run_trl(steps: int, bf16: bool, dropout: float, checkpointing: bool, grouped: bool) -> dict:
+def run_trl(
+    steps: int, seed: int, bf16: bool, dropout: float, checkpointing: bool, grouped: bool
+) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
@@ -134,7 +151,7 @@ def run_trl(steps: int, bf16: bool, dropout: float, checkpointing: bool, grouped
         report_to="none",
         save_strategy="no",
         logging_steps=1,
-        seed=42,
+        seed=seed,
         dataloader_num_workers=0,
     )
     lora = LoraConfig(
@@ -169,64 +186,97 @@ def run_trl(steps: int, bf16: bool, dropout: float, checkpointing: bool, grouped
     }
 
 
-def child(name: str, steps: int) -> None:
+def child(name: str, steps: int, seed: int) -> None:
     """Run one contender in this process and print its JSON result."""
     if name == "chattune":
-        result = run_chattune(steps)
+        result = run_chattune(steps, seed)
+    elif name.startswith("chattune-"):
+        result = run_chattune(steps, seed, f"train.precision={name.removeprefix('chattune-')}")
     elif name == "trl-defaults":
-        result = run_trl(steps, bf16=True, dropout=0.05, checkpointing=True, grouped=False)
+        result = run_trl(steps, seed, bf16=True, dropout=0.05, checkpointing=True, grouped=False)
     elif name == "trl-tuned":
-        result = run_trl(steps, bf16=True, dropout=0.0, checkpointing=False, grouped=True)
+        result = run_trl(steps, seed, bf16=True, dropout=0.0, checkpointing=False, grouped=True)
     else:
-        result = run_trl(steps, bf16=False, dropout=0.0, checkpointing=False, grouped=True)
+        result = run_trl(steps, seed, bf16=False, dropout=0.0, checkpointing=False, grouped=True)
     result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def cpu_flags() -> str:
+    """The bf16-relevant instruction sets of this CPU, printed with every figure."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown"
+    wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
+    return " ".join(f for f in wanted if f in flags) or "none of " + " ".join(wanted)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--only", nargs="*", choices=CONTENDERS, default=CONTENDERS)
+    parser.add_argument("--seeds", nargs="*", type=int, default=[42])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     if args.child:
-        return child(args.child, args.steps)
+        return child(args.child, args.steps, args.seeds[0])
 
-    results: dict[str, dict] = {}
-    for name in args.only:
-        print(f"running {name} ({args.steps} steps of {BATCH} conversations) ...", flush=True)
-        proc = subprocess.run(
-            [sys.executable, __file__, "--child", name, "--steps", str(args.steps)],
-            capture_output=True,
-            text=True,
-        )
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if proc.returncode or line is None:
-            print(f"  {name} failed:\n{proc.stderr[-2000:]}")
-            continue
-        results[name] = json.loads(line.removeprefix("RESULT "))
-        print(f"  {results[name]}", flush=True)
-    print_table(results)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    print(f"CPU flags: {cpu_flags()}; {os.cpu_count()} cores", flush=True)
+    results: dict[str, list[dict]] = {name: [] for name in args.only}
+    for seed in args.seeds:  # seeds outermost: a stopped run still has every contender
+        for name in args.only:
+            print(f"running {name}, seed {seed} ({args.steps} steps of {BATCH}) ...", flush=True)
+            cmd = [sys.executable, __file__, "--child", name, "--steps", str(args.steps)]
+            proc = subprocess.run([*cmd, "--seeds", str(seed)], capture_output=True, text=True)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if proc.returncode or line is None:
+                print(f"  {name} failed:\n{proc.stderr[-2000:]}")
+                continue
+            results[name].append(json.loads(line.removeprefix("RESULT ")) | {"seed": seed})
+            print(f"  {results[name][-1]}", flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=2))
+    print_table({k: v for k, v in results.items() if v})
 
 
-def print_table(results: dict[str, dict]) -> None:
-    base = results.get("chattune")
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def print_table(results: dict[str, list[dict]]) -> None:
+    """Mean ± sd per contender; speed and RSS ratios and the eval-loss difference (Welch's
+    t-test, with two or more seeds) against the first chattune contender."""
+    from scipy.stats import ttest_ind
+
+    base_name = next((n for n in results if n.startswith("chattune")), None)
+    base = results.get(base_name) if base_name else None
+    print(f"\nagainst {base_name}; CPU flags: {cpu_flags()}")
     print(
-        f"\n{'contender':<16}{'tokens/s':>10}{'peak RSS GB':>13}{'eval loss':>11}"
-        f"{'chattune speedup':>18}{'RSS ratio':>11}"
+        f"{'contender':<16}{'seeds':>6}{'tokens/s':>16}{'peak RSS GB':>13}{'eval loss':>18}"
+        f"{'speedup':>9}{'RSS':>7}{'loss diff':>11}{'Welch p':>9}"
     )
-    for name, r in results.items():
-        speedup = rss = ""
-        if base and name != "chattune":
-            speedup = f"{base['tokens_per_s'] / r['tokens_per_s']:.2f}x"
-            rss = f"{base['peak_rss_gb'] / r['peak_rss_gb']:.2f}x"
-        loss = r["eval_loss"]
+    for name, runs in results.items():
+        tok, rss, loss = (
+            mean_sd([r[k] for r in runs]) for k in ("tokens_per_s", "peak_rss_gb", "eval_loss")
+        )
+        speedup = ratio = diff = p = ""
+        if base and name != base_name:
+            base_tok, base_rss, base_loss = (
+                mean_sd([r[k] for r in base])[0]
+                for k in ("tokens_per_s", "peak_rss_gb", "eval_loss")
+            )
+            speedup, ratio = f"{base_tok / tok[0]:.2f}x", f"{base_rss / rss[0]:.2f}x"
+            diff = f"{100 * (base_loss - loss[0]) / loss[0]:+.2f}%"
+            if len(runs) > 1 and len(base) > 1:
+                a, b = [r["eval_loss"] for r in base], [r["eval_loss"] for r in runs]
+                p = f"{ttest_ind(a, b, equal_var=False).pvalue:.3f}"
         print(
-            f"{name:<16}{r['tokens_per_s']:>10.1f}{r['peak_rss_gb']:>13.2f}"
-            f"{loss if math.isnan(loss) else round(loss, 4):>11}{speedup:>18}{rss:>11}"
+            f"{name:<16}{len(runs):>6}{tok[0]:>9.1f} ±{tok[1]:>5.1f}{rss[0]:>13.2f}"
+            f"{loss[0]:>10.4f} ±{loss[1]:.4f}{speedup:>9}{ratio:>7}{diff:>11}{p:>9}"
         )
 
 
