@@ -7,6 +7,10 @@ the generation prompt (what the model sees when it must answer) and the history 
 answer; the difference is the answer *including* its end-of-turn token, so the tuned model
 learns to stop. We check the first is a token prefix of the second: a template for which that
 fails would train the model on a prompt it never sees when serving.
+
+The template is the tokenizer's own; ``data.chat_template`` replaces it for training (see
+:func:`apply_chat_template_override`), and the trained model's saved tokenizer keeps the
+replacement, so serving renders with it too.
 """
 
 from __future__ import annotations
@@ -18,13 +22,21 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, TypeVar
 
 from chattune.data.types import Conversation, Message
-from chattune.errors import DataError
+from chattune.errors import ConfigError, DataError
 
 IGNORE_INDEX = -100
 T = TypeVar("T")
+
+#: How to give a template of one's own, for messages that suggest it.
+HOW_TO_SET_TEMPLATE = (
+    "set data.chat_template to a .jinja file or inline Jinja (on the command line: "
+    "`chattune train ... data.chat_template=path/to/template.jinja`; in a --config YAML: "
+    "`data: {chat_template: path/to/template.jinja}`)"
+)
 
 #: Template for models that ship none (GPT-2 and other base models): ChatML turns, each
 #: closed by the tokenizer's end-of-sequence token so generation stops at the end of a reply.
@@ -58,11 +70,79 @@ class Encoded:
 
 
 def ensure_chat_template(tokenizer: Any) -> None:
-    """Give a tokenizer without a chat template the documented default, and a pad token."""
+    """Give a tokenizer without a chat template the documented default (ChatML-like turns
+    closed by EOS; ``data.chat_template`` replaces it when training), and a pad token."""
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+
+
+#: What a template must render to be accepted: a finished exchange, then a prompt.
+_PROBE = [
+    {"role": "user", "content": "Hello!"},
+    {"role": "assistant", "content": "Hi! How can I help?"},
+    {"role": "user", "content": "Is shipping free?"},
+]
+
+
+def read_chat_template(value: str) -> tuple[str, str]:
+    """(template text, where it came from) for a ``data.chat_template`` value.
+
+    A value with Jinja markup (``{{`` or ``{%``) is the template itself; any other value is
+    the path of a file holding one (``.jinja``, ``.j2``, or any name), read as UTF-8.
+
+    Example:
+        >>> read_chat_template("{{ messages[0]['content'] }}")[1]
+        'inline template'
+    """
+    if "{{" in value or "{%" in value:
+        return value, "inline template"
+    path = Path(value).expanduser()
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"data.chat_template: no such file {str(path)!r} (relative paths start from the "
+            "current folder; an inline template must contain Jinja markup: {{ }} or {% %})"
+        ) from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError(
+            f"data.chat_template: cannot read template file {str(path)!r}: {reason}"
+        ) from None
+
+
+def apply_chat_template_override(tokenizer: Any, value: str | None) -> None:
+    """Replace ``tokenizer``'s chat template with ``data.chat_template`` (no-op for None).
+
+    The template is checked by rendering a short conversation, with and without the
+    generation prompt, so a Jinja mistake is reported now with the field's name rather
+    than halfway through encoding. The tokenizer then carries it: ``save_pretrained``
+    writes it beside the trained model (``chat_template.jinja``), which is what
+    generation and ``chattune serve`` render with.
+
+    Example:
+        >>> apply_chat_template_override(tok, "templates/chatml.jinja")  # doctest: +SKIP
+    """
+    if not value:
+        return
+    import jinja2
+
+    template, source = read_chat_template(value)
+    before = tokenizer.chat_template
+    tokenizer.chat_template = template
+    try:
+        for messages, prompt in ((_PROBE[:2], False), (_PROBE, True)):
+            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+    except (jinja2.TemplateError, TypeError, ValueError, KeyError) as e:
+        tokenizer.chat_template = before
+        line = getattr(e, "lineno", None)
+        at = f" line {line}" if isinstance(e, jinja2.TemplateSyntaxError) and line else ""
+        raise ConfigError(
+            f"data.chat_template ({source}{at}): the template does not render a "
+            f"conversation: {type(e).__name__}: {e}"
+        ) from None
 
 
 def render(tokenizer: Any, messages: list[Message], add_generation_prompt: bool = False) -> str:
@@ -95,7 +175,7 @@ def _encode(tokenizer: Any, messages: list[Message], mask: MaskPolicy, where: st
                 [
                     f"{where}: turn {i + 1}: the chat template does not render the prompt as a "
                     "prefix of prompt + answer, so training and serving would disagree; "
-                    "use a model whose template is prefix-stable or set one explicitly"
+                    f"use a model whose template is prefix-stable, or {HOW_TO_SET_TEMPLATE}"
                 ]
             )
         labels[len(prompt) : len(upto)] = upto[len(prompt) :]

@@ -1,17 +1,51 @@
-"""The loss, computed only where there are labels.
+"""The loss, computed only where there are labels, exactly as the model's own forward would.
 
 A causal LM's head maps every position to a vocabulary-sized row (49,152 floats for SmolLM2);
 with assistant-only masks most positions are prompt, so most of that work is thrown away.
 :class:`LabelledLoss` runs the decoder, keeps the hidden states at labelled positions, and
-applies the head to those alone. It is an ``nn.Module`` so that DDP (through Accelerate)
-wraps it and its forward still synchronises gradients.
+applies the head to those alone (the *fast path*). It is an ``nn.Module`` so that DDP
+(through Accelerate) wraps it and its forward still synchronises gradients.
 
 It lives in the model layer because training (the objective) and evaluation (perplexity of
 reference replies) compute the same quantity and must agree on it.
+
+**Other architectures.** Some models post-process the head's output in their
+``ForCausalLM.forward`` (transformers 5.23):
+
+* Gemma 2/3/3n/4, VaultGemma, NanoChat: ``tanh(logits / c) * c``, ``c =
+  config.final_logit_softcapping`` (RecurrentGemma: ``logits_soft_cap``; xLSTM:
+  ``output_logit_soft_cap``);
+* Cohere, Cohere2 (+MoE): ``logits * config.logit_scale``;
+* Granite, GraniteMoe*: ``logits / config.logits_scaling``;
+* Falcon-H1: ``logits * config.lm_head_multiplier``.
+
+:data:`HEAD_POST` reproduces these on the fast path, keyed on the config attribute. Because
+an attribute name alone can mislead (HyperCLOVA X *multiplies* by ``logits_scaling``,
+MiniCPM3 divides the hidden states by it, Inkling2 also trims the vocabulary), the fast path
+is *verified* once, when the module is built: :func:`fast_path_matches` runs the model's own
+forward on eight tokens with the head's output forced to known values far outside any cap,
+and checks both that the head saw the decoder's last hidden state and that the returned
+logits are the table's post-processing of the forced values. Any mismatch (or an error)
+selects the *fallback*: the model's own forward on the whole batch, with the loss taken from
+its full ``[B, T, V]`` logits. Slower and hungrier, but right for any head.
+
+**Mixture-of-experts auxiliary loss.** Mixtral, Qwen2-MoE, OLMoE and others add
+``coef * aux_loss`` (the router load-balancing loss, ``coef = router_aux_loss_coef``) to
+their *mean* token loss when ``config.output_router_logits`` is true (it is false by
+default, and then the fast path is exact). When it is true the fallback runs, and the
+aux term is added to the *summed* loss as ``coef * aux_loss * n_labelled``: chattune divides
+the summed loss by the labelled-token count, which gives exactly Hugging Face's
+``mean + coef * aux_loss`` for one micro-batch on one process (with accumulation or several
+processes: the token-weighted mean of each micro-batch's aux term). The aux term belongs to
+the training objective only: it is added in training mode and never to ``per_example`` rows,
+which are log-likelihoods (DPO's log-probabilities, perplexity), nor in eval mode
+(validation loss stays a pure token loss and agrees with ``chattune eval``'s perplexity).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,18 +54,134 @@ from torch import nn
 
 from chattune.data.render import IGNORE_INDEX
 
+log = logging.getLogger(__name__)
+
+PostOp = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+def _softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    return torch.tanh(logits / cap) * cap
+
+
+#: Head post-processing applied by ``ForCausalLM.forward`` after ``lm_head``: config
+#: attribute -> operation, applied in this order when the attribute is set (not None).
+HEAD_POST: dict[str, PostOp] = {
+    "final_logit_softcapping": _softcap,  # Gemma 2/3/3n/4, VaultGemma, NanoChat
+    "logits_soft_cap": _softcap,  # RecurrentGemma
+    "output_logit_soft_cap": _softcap,  # xLSTM
+    "logit_scale": lambda x, s: x * s,  # Cohere, Cohere2, Cohere2-MoE
+    "logits_scaling": lambda x, s: x / s,  # Granite, GraniteMoe* (HyperCLOVA X differs)
+    "lm_head_multiplier": lambda x, m: x * m,  # Falcon-H1
+}
+
 
 def unwrap_peft(model: Any) -> Any:
     """The transformers model inside a peft wrapper (adapter layers stay injected in it)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def head_post(config: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The :data:`HEAD_POST` operations ``config`` sets, as one function of the raw logits.
+
+    Example:
+        >>> post = head_post(Gemma2Config(final_logit_softcapping=30.0))  # doctest: +SKIP
+        >>> post(torch.tensor([300.0]))  # tanh(10) * 30  # doctest: +SKIP
+        tensor([30.0000])
+    """
+    ops = [(op, getattr(config, k)) for k, op in HEAD_POST.items() if getattr(config, k, None)]
+
+    def apply(logits: torch.Tensor) -> torch.Tensor:
+        for op, value in ops:
+            logits = op(logits, value)
+        return logits
+
+    return apply
+
+
+def uses_router_aux_loss(config: Any) -> bool:
+    """Whether the model's forward adds a router load-balancing loss to its loss."""
+    return bool(getattr(config, "output_router_logits", False))
+
+
+def fast_path_matches(lm: Any, post: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    """Whether ``post(head(decoder(x)))`` is what ``lm``'s own forward returns as logits.
+
+    Runs ``lm`` on eight tokens in eval mode with hooks on the head: one records its input
+    (which must equal the decoder's last hidden state), one replaces its output with a ramp
+    from -60 to 60 (so caps and scales show, whatever the weights), whose post-processing
+    must equal the logits the model returns.
+    """
+    head, decoder = lm.get_output_embeddings(), lm.get_decoder()
+    if not isinstance(head, nn.Module) or decoder is None:
+        return False
+    vocab = getattr(lm.config, "vocab_size", None)
+    if not vocab:  # a composite config (vision + text): not a head we know
+        return False
+    ids = (torch.arange(1, 9, device=next(lm.parameters()).device) % vocab)[None]  # [1, 8]
+    mask = torch.ones_like(ids)
+    seen: dict[str, torch.Tensor] = {}
+
+    def record_input(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        if args:
+            seen["input"] = args[0].detach()
+
+    def force_output(_module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(-60.0, 60.0, out.numel(), device=out.device).view(out.shape)
+        seen["raw"] = ramp.to(out.dtype)
+        return seen["raw"]
+
+    modes = [(m, m.training) for m in lm.modules()]  # restored one by one afterwards
+    lm.eval()
+    try:
+        with torch.no_grad():
+            hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            hooks = [head.register_forward_pre_hook(record_input),
+                     head.register_forward_hook(force_output)]  # fmt: skip
+            try:
+                logits = lm(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            finally:
+                for h in hooks:
+                    h.remove()
+    except (TypeError, ValueError, AttributeError, RuntimeError) as e:
+        log.debug("fast-path probe failed: %s", e)
+        return False
+    finally:
+        for module, training in modes:
+            module.training = training
+    if "input" not in seen or "raw" not in seen or seen["input"].shape != hidden.shape:
+        return False
+    expected = post(seen["raw"])
+    tol = 1e-4 if logits.dtype == torch.float32 else 1e-2  # bf16 rounds a ramp coarsely
+    return (
+        torch.allclose(seen["input"].float(), hidden.float(), rtol=tol, atol=tol)
+        and logits.shape == expected.shape
+        and torch.allclose(logits.float(), expected.float(), rtol=tol, atol=tol)
+    )
+
+
 class LabelledLoss(nn.Module):
-    """Wrap a causal LM; ``forward`` returns (summed token loss, number of labelled tokens)."""
+    """Wrap a causal LM; ``forward`` returns (summed token loss, number of labelled tokens).
+
+    ``fast`` tells which path it took (see the module docstring); ``why_slow`` says why not
+    the fast one.
+    """
 
     def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
+        lm = unwrap_peft(model)
+        self.post = head_post(lm.config)
+        self.why_slow: str | None = None
+        if uses_router_aux_loss(lm.config):
+            self.why_slow = "the model adds a router auxiliary loss (output_router_logits)"
+        elif not fast_path_matches(lm, self.post):
+            self.why_slow = "its head post-processing is not one chattune reproduces"
+        if self.why_slow:
+            log.info("%s: loss from the model's own forward: %s", type(lm).__name__, self.why_slow)
+
+    @property
+    def fast(self) -> bool:
+        return self.why_slow is None
 
     def forward(
         self,
@@ -42,15 +192,47 @@ class LabelledLoss(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed loss and labelled-token count; per row (``[B]`` each) if ``per_example``."""
         lm = unwrap_peft(self.model)
-        hidden = lm.get_decoder()(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-        ).last_hidden_state  # [B, T, H]
         targets = labels[:, 1:]  # position t predicts token t+1
         keep = targets != IGNORE_INDEX  # [B, T-1]
-        logits = lm.get_output_embeddings()(hidden[:, :-1][keep])  # [N, V], N labelled tokens
+        aux = None
+        if self.fast:
+            hidden = lm.get_decoder()(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+            ).last_hidden_state  # [B, T, H]
+            logits = self.post(lm.get_output_embeddings()(hidden[:, :-1][keep]))  # [N, V]
+        else:
+            out = lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            logits = out.logits[:, :-1][keep]  # [N, V], from the full [B, T, V]
+            if self.training and not per_example:
+                aux = router_aux_term(lm, out)
         if not per_example:
-            return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), keep.sum()
+            loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+            n = keep.sum()
+            return (loss if aux is None else loss + aux * n), n
         token_loss = F.cross_entropy(logits.float(), targets[keep], reduction="none")  # [N]
         rows = keep.nonzero()[:, 0]  # the batch row of each labelled token
         sums = torch.zeros(len(labels), device=token_loss.device).index_add_(0, rows, token_loss)
         return sums, keep.sum(dim=1)
+
+
+def router_aux_term(lm: Any, out: Any) -> torch.Tensor | None:
+    """``coef * aux_loss`` as the model adds it to its mean loss, or None without one."""
+    aux = getattr(out, "aux_loss", None)
+    if aux is None:
+        return None
+    coef = next(
+        (
+            v
+            for v in (
+                getattr(lm, "router_aux_loss_coef", None),
+                getattr(lm, "aux_loss_coef", None),  # JetMoE
+                getattr(lm.config, "router_aux_loss_coef", None),
+            )
+            if v is not None
+        ),
+        None,
+    )
+    if coef is None:
+        log.warning("%s returns aux_loss but no coefficient for it; ignored", type(lm).__name__)
+        return None
+    return coef * aux.float()
