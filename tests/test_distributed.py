@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -69,17 +70,25 @@ def test_two_ranks_end_identical_and_only_rank_0_writes(tiny_model_dir, chat_fil
 GRAD_WORKER = Path(__file__).parent / "ddp_grad_worker.py"
 
 
-def launch(worker: Path, processes: int, *args: str) -> None:
-    """``worker args`` under ``accelerate launch`` with ``processes`` CPU ranks (gloo)."""
+def launch(worker: Path, processes: int, *args: str, timeout: int = 300) -> None:
+    """``worker args`` under ``accelerate launch`` with ``processes`` CPU ranks (gloo); the
+    launcher and its ranks are killed together if they outlive ``timeout`` (a hang)."""
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     cmd = [accelerate, "launch", "--num_machines", "1", "--mixed_precision", "no"]
     cmd += ["--dynamo_backend", "no", "--main_process_port", str(free_port())]
     cmd += ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--cpu"]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [*cmd, str(worker), *args], capture_output=True, text=True, timeout=300, env=env
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    proc = subprocess.Popen(
+        [*cmd, str(worker), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"{worker.name} on {processes} ranks still running after {timeout} s")
+    assert proc.returncode == 0, stderr[-3000:]
 
 
 def preference_pairs(path: Path) -> Path:
@@ -116,3 +125,22 @@ def test_two_unequal_ranks_give_the_gradient_of_one_process_on_their_union(
         assert record["grads"].keys() == alone["grads"].keys()
         for name, grad in alone["grads"].items():
             torch.testing.assert_close(record["grads"][name], grad, rtol=1e-4, atol=1e-7)
+
+
+def test_evaluation_does_not_hang_when_a_rank_gets_no_validation_batch(
+    tiny_model_dir, chat_files, tmp_path
+):
+    """One validation conversation for two ranks: rank 1 has no batch to evaluate. It must
+    still join every collective of the evaluation (and none of rank 0's forward passes may
+    start one), or both ranks wait forever."""
+    val = tmp_path / "one.jsonl"
+    val.write_text(chat_files[1].read_text().splitlines()[0] + "\n")
+    digests, out = tmp_path / "digests", tmp_path / "run"
+    digests.mkdir()
+    launch(
+        WORKER, 2, str(digests), f"model.base={tiny_model_dir}", f"data.train=[{chat_files[0]}]",
+        f"data.val=[{val}]", f"train.output={out}", "train.max_steps=3", "train.batch_size=2",
+        "train.eval_every=1", "train.progress=false", timeout=180,
+    )  # fmt: skip
+    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in evals if "eval_loss" in r] == [1, 2, 3]

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from chattune.config import build_config
+from chattune.errors import ConfigError
 from chattune.train import TrainHooks, run_train
 from chattune.train import checkpoint as ckpt
 from chattune.train.hooks import POINTS as NAMED_POINTS
@@ -208,3 +209,44 @@ def test_previous_version_is_restored_if_the_swap_was_interrupted(tmp_path) -> N
     (aside / ckpt.MARKER).write_text("ok")
     ckpt.sweep_incomplete(root)
     assert (root / "best" / ckpt.MARKER).exists() and not aside.exists()
+
+
+@pytest.mark.parametrize("kill_step", [5, 9], ids=["budget-phase", "after-budget"])
+def test_adalora_resumes_its_rank_allocation(kill_step, tiny_model_dir, data, tmp_path) -> None:
+    """AdaLoRA scores its ranks during the budget phase (steps 1-7 of 10 here) and masks the
+    pruned ones after it. Its importance scores and rank pattern are not parameters: a
+    resume without them re-scores from zero (other ranks survive) or, once the budget phase
+    is over, crashes on a rank pattern of None."""
+
+    def run_settings(out: Path) -> list[str]:
+        return [*settings(tiny_model_dir, data, out), "adapter.method=adalora",
+                "train.max_steps=10", "adapter.r=4", "adapter.adalora_target_r=2"]  # fmt: skip
+
+    reference, crashed = tmp_path / "straight", tmp_path / "crashed"
+    run_train(build_config(overrides=run_settings(reference)))
+    killed = kill_9_at("step.after_update", kill_step, run_settings(crashed))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run_train(build_config(overrides=[*run_settings(crashed), "train.resume=true"]))
+    wa = load_file(reference / "adapter_model.safetensors")
+    wb = load_file(crashed / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=1e-5, atol=1e-6)
+    pattern = json.loads((crashed / "adapter_config.json").read_text())["rank_pattern"]
+    assert pattern == json.loads((reference / "adapter_config.json").read_text())["rank_pattern"]
+
+
+def test_resume_refuses_other_batches_unless_forced(tiny_model_dir, data, tmp_path) -> None:
+    """A checkpoint's place in an epoch only means something with the same batches: another
+    batch size (or process count, seed, data) is refused, naming what changed."""
+    out = tmp_path / "run"
+    first = [*settings(tiny_model_dir, data, out), "train.max_steps=2"]
+    run_train(build_config(overrides=first))
+    again = [*first, "train.max_steps=4", "train.batch_size=2", "train.resume=true"]
+    with pytest.raises(ConfigError, match=r"batch_size 4 -> 2.*--resume-force"):
+        run_train(build_config(overrides=again))
+    with pytest.raises(ConfigError, match="the training data"):
+        other = write_jsonl(tmp_path / "other.jsonl", [conversation(i) for i in range(3, 19)])
+        run_train(build_config(overrides=[*again[:-2], f"data.train=[{other}]", again[-1]]))
+    summary = run_train(build_config(overrides=[*again, "train.resume_force=true"]))
+    assert summary["steps"] == 4

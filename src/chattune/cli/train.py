@@ -43,6 +43,7 @@ TRAIN_FLAGS: dict[str, str] = {
     "--eval-generate": "train.eval_generate",
     "--seed": "train.seed",
     "--resume": "train.resume",
+    "--resume-force": "train.resume_force",
 }
 
 

@@ -32,6 +32,10 @@ class Prepared:
     regularizer: Callable[[], Any] | None = None
     #: called after each optimizer step with the global step (AdaLoRA's rank allocation)
     after_step: Callable[[int], None] | None = None
+    #: what the method keeps besides the weights, for checkpoints: ``save_state() -> dict``
+    #: and ``load_state(dict)`` (AdaLoRA's importance scores and rank pattern), or None
+    save_state: Callable[[], dict[str, Any]] | None = None
+    load_state: Callable[[dict[str, Any]], None] | None = None
 
 
 def _lora(model: Any, cfg: AdapterConfig, total_steps: int) -> Prepared:
@@ -70,6 +74,7 @@ def _adalora(model: Any, cfg: AdapterConfig, total_steps: int) -> Prepared:
     )
     peft_model = get_peft_model(model, config)
     weight = config.orth_reg_weight
+    name = peft_model.base_model.trainable_adapter_name
 
     def regularizer() -> Any:
         # peft adds this term inside AdaLoraModel.forward, but only when the model computes
@@ -85,11 +90,33 @@ def _adalora(model: Any, cfg: AdapterConfig, total_steps: int) -> Prepared:
                 terms.append(torch.linalg.matrix_norm(cov - eye))
         return weight * torch.stack(terms).mean() if terms else None
 
+    def save_state() -> dict[str, Any]:
+        # The rank allocator's smoothed importance scores decide which ranks survive the
+        # budget phase, and the rank pattern masks the pruned ranks after it; neither is a
+        # parameter, so a resumed run without them would re-score from zero, and crash once
+        # the budget phase is over (``mask_using_rank_pattern`` on a pattern of None).
+        allocator = peft_model.base_model.rankallocator
+        return {
+            "rank_pattern": peft_model.peft_config[name].rank_pattern,
+            "ipt": allocator.ipt,
+            "exp_avg_ipt": allocator.exp_avg_ipt,
+            "exp_avg_unc": allocator.exp_avg_unc,
+        }
+
+    def load_state(state: dict[str, Any]) -> None:
+        allocator = peft_model.base_model.rankallocator
+        peft_model.peft_config[name].rank_pattern = state["rank_pattern"]
+        allocator.ipt = state["ipt"]
+        allocator.exp_avg_ipt = state["exp_avg_ipt"]
+        allocator.exp_avg_unc = state["exp_avg_unc"]
+
     return Prepared(
         peft_model,
         is_peft=True,
         regularizer=regularizer,
         after_step=peft_model.base_model.update_and_allocate,
+        save_state=save_state,
+        load_state=load_state,
     )
 
 

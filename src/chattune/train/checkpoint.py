@@ -106,6 +106,33 @@ def write_atomically(
     return target
 
 
+def rng_state() -> dict[str, Any]:
+    """This process's random generators: Python, NumPy, torch's CPU one and every CUDA one."""
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # as a tensor and plain numbers, so that torch.load(weights_only=True) reads it back
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                   float(cached)]  # fmt: skip
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved (generators it did not save are left alone)."""
+    import numpy as np
+
+    random.setstate(_as_tuple(state["python"]))
+    torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def save_checkpoint(
     folder: Path,
     model: Any,
@@ -114,15 +141,29 @@ def save_checkpoint(
     state: TrainState,
     config_yaml: str,
     point: PointHook = nowhere,
+    *,
+    rng_states: list[dict[str, Any]] | None = None,
+    method_state: dict[str, Any] | None = None,
+    batches: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``folder`` (e.g. ``checkpoints/step-0000050``) with everything resume needs."""
+    """Write ``folder`` (e.g. ``checkpoints/step-0000050``) with everything resume needs.
+
+    ``rng_states`` holds every rank's generators (index = rank; default: this process's),
+    ``method_state`` what the training method keeps besides weights (AdaLoRA's importance
+    scores and rank pattern), ``batches`` what fixes the batches (see
+    ``lifecycle.batch_fingerprint``): resume refuses a run whose batches would differ.
+    """
 
     def write(tmp: Path) -> None:
         save_file(trainable_state(model), tmp / "trainable.safetensors")
         point("checkpoint.between_files", state.step)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save({"python": random.getstate(), "torch": torch.get_rng_state()}, tmp / "rng.pt")
+        torch.save({"ranks": rng_states or [rng_state()]}, tmp / "rng.pt")
+        if method_state is not None:
+            torch.save(method_state, tmp / "method.pt")
+        if batches is not None:
+            (tmp / "batches.json").write_text(json.dumps(batches, indent=2))
         (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2))
         (tmp / "config.yaml").write_text(config_yaml)
 
@@ -171,15 +212,33 @@ def prune(root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any) -> TrainState:
-    """Restore weights, optimizer, scheduler and RNG; return the loop state."""
+def load_checkpoint(
+    folder: Path, model: Any, optimizer: Any, scheduler: Any, rank: int = 0
+) -> TrainState:
+    """Restore weights, optimizer, scheduler and this rank's RNG; return the loop state.
+
+    A checkpoint made by fewer processes (a forced resume) gives the extra ranks rank 0's
+    generators. The method's state (``method.pt``) is :func:`load_method_state`'s.
+    """
     load_trainable(model, folder / "trainable.safetensors")
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     rng = torch.load(folder / "rng.pt", weights_only=True)
-    random.setstate(_as_tuple(rng["python"]))
-    torch.set_rng_state(rng["torch"])
+    ranks = rng.get("ranks", [rng])  # checkpoints before per-rank states held one
+    set_rng_state(ranks[rank] if rank < len(ranks) else ranks[0])
     return TrainState(**json.loads((folder / "state.json").read_text()))
+
+
+def load_method_state(folder: Path) -> dict[str, Any] | None:
+    """The training method's saved state (``method.pt``), or None if it saved none."""
+    path = folder / "method.pt"
+    return torch.load(path, weights_only=True) if path.exists() else None
+
+
+def load_batches(folder: Path) -> dict[str, Any] | None:
+    """What fixed the checkpointed run's batches (``batches.json``), or None (older runs)."""
+    path = folder / "batches.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _as_tuple(value: Any) -> Any:

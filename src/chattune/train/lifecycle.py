@@ -7,9 +7,11 @@ process writes files; every process waits for it, so all ranks leave each call t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import signal
+from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,11 +31,57 @@ def checkpoint_root(run: Run) -> Path:
     return run.output / "checkpoints"
 
 
+def batch_fingerprint(run: Run) -> dict[str, Any]:
+    """What decides the batches a run trains on, and so what a checkpoint's position in an
+    epoch means: batch size, accumulation, processes, seed and the encoded training data."""
+    digest = hashlib.sha256()
+    for example in run.data.train:
+        ids = getattr(example, "input_ids", None)
+        if ids is None:  # a preference pair
+            ids = [*example.chosen.input_ids, -1, *example.rejected.input_ids]
+        digest.update(array("q", ids).tobytes() + b"|")
+    t = run.cfg.train
+    return {
+        "batch_size": t.batch_size,
+        "grad_accum": t.grad_accum,
+        "processes": run.accelerator.num_processes,
+        "seed": t.seed,
+        "examples": len(run.data.train),
+        "data_sha256": digest.hexdigest(),
+    }
+
+
+def refuse_other_batches(run: Run, folder: Path) -> None:
+    """Raise if the checkpoint in ``folder`` was trained on other batches than this run would
+    make (``train.resume_force`` resumes anyway, with a warning)."""
+    saved = ckpt.load_batches(folder)
+    if saved is None:  # a checkpoint from before chattune recorded this
+        return
+    now = batch_fingerprint(run)
+    changed = [k for k in now if saved.get(k) != now[k]]
+    if not changed:
+        return
+    what = ", ".join(
+        f"{k} {saved.get(k)} -> {now[k]}" if k != "data_sha256" else "the training data"
+        for k in changed
+    )
+    if run.cfg.train.resume_force:
+        log.warning("--resume-force: resuming %s although %s changed", folder, what)
+        return
+    raise ConfigError(
+        f"--resume: {folder} was trained on other batches than this run would make ({what}): "
+        "its place in the epoch would point into different data. Resume with the settings "
+        "and data it was made with, or pass --resume-force (train.resume_force) to continue "
+        "from its weights anyway"
+    )
+
+
 def resume_or_refuse(run: Run) -> None:
     """Continue from the newest complete checkpoint, or refuse to overwrite an old run."""
     root = checkpoint_root(run)
     if run.is_main:
         ckpt.sweep_incomplete(root)
+    run.accelerator.wait_for_everyone()  # no rank lists checkpoints mid-sweep
     found = ckpt.complete_checkpoints(root)
     if not run.cfg.train.resume:
         if found:
@@ -45,7 +93,12 @@ def resume_or_refuse(run: Run) -> None:
     if not found:
         log.warning("--resume: no complete checkpoint in %s; starting from scratch", root)
         return
-    run.state = ckpt.load_checkpoint(found[-1], run.model, run.optimizer, run.scheduler)
+    refuse_other_batches(run, found[-1])
+    rank = run.accelerator.process_index
+    run.state = ckpt.load_checkpoint(found[-1], run.model, run.optimizer, run.scheduler, rank)
+    method_state = ckpt.load_method_state(found[-1])
+    if method_state is not None and run.prepared.load_state is not None:
+        run.prepared.load_state(method_state)
     run.last_saved_step = run.state.step  # that checkpoint is this step's: no need to rewrite it
     log.info("resumed from %s (step %d)", found[-1], run.state.step)
 
@@ -55,11 +108,24 @@ def save_checkpoint(run: Run) -> None:
     if run.last_saved_step == run.state.step:
         return
     run.last_saved_step = run.state.step
+    rng_states = [ckpt.rng_state()]
+    if run.accelerator.num_processes > 1:  # every rank's generators, in rank order
+        from accelerate.utils import gather_object
+
+        rng_states = gather_object(rng_states)
     if run.is_main:
         root = checkpoint_root(run)
         folder = root / f"step-{run.state.step:07d}"
         parts = (run.model, run.optimizer, run.scheduler, run.state, dump_config(run.cfg))
-        ckpt.save_checkpoint(folder, *parts, point=run.hooks.point)
+        save_state = run.prepared.save_state
+        ckpt.save_checkpoint(
+            folder,
+            *parts,
+            point=run.hooks.point,
+            rng_states=rng_states,
+            method_state=save_state() if save_state is not None else None,
+            batches=batch_fingerprint(run),
+        )
         ckpt.prune(root, run.cfg.train.keep_checkpoints)
         log.info("checkpoint saved: %s", folder)
     run.accelerator.wait_for_everyone()

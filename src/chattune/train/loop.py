@@ -210,7 +210,7 @@ def validation_loss(run: Run) -> dict[str, float]:
     for b in batches[rank::world]:
         batch = collate([examples[i] for i in b], run.tokenizer.pad_token_id)
         with run.accelerator.autocast():
-            loss, n = run.loss_module(**to_device(batch, run.accelerator.device))
+            loss, n = run.eval_module(**to_device(batch, run.accelerator.device))
         total += torch.stack([loss.double(), n.double()])
         run.hooks.point("eval.mid", run.state.step)
     total = run.accelerator.reduce(total, reduction="sum")

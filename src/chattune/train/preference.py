@@ -52,7 +52,7 @@ def fill_reference(run: Any, pairs: list[EncodedPair]) -> None:
     for start in range(0, len(pairs), bs):
         chunk = pairs[start : start + bs]
         with run.accelerator.autocast():
-            lp = log_probs(run.loss_module, _batch(chunk, run.tokenizer.pad_token_id,
+            lp = log_probs(run.eval_module, _batch(chunk, run.tokenizer.pad_token_id,
                                                    run.accelerator.device)).float()  # fmt: skip
         for i, pair in enumerate(chunk):
             pair.ref_chosen, pair.ref_rejected = lp[i].item(), lp[len(chunk) + i].item()
@@ -116,7 +116,7 @@ def preference_validation(run: Any) -> dict[str, float]:
     for chunk in chunks[rank::world]:
         batch = _batch(chunk, run.tokenizer.pad_token_id, run.accelerator.device)
         with run.accelerator.autocast():
-            lp = log_probs(run.loss_module, batch).float()
+            lp = log_probs(run.eval_module, batch).float()
         losses, margin = dpo_losses(lp, chunk, run.cfg.train.dpo_beta)
         total += torch.stack([losses.sum().double(), (margin > 0).sum().double(),
                               torch.tensor(float(len(chunk)), dtype=torch.float64,

@@ -83,6 +83,16 @@ class Run:
     def should_stop(self) -> bool:
         return self.stop_requested or self.early_stopped
 
+    @property
+    def eval_module(self) -> Any:
+        """The loss module without its DDP wrapper, for forward passes without gradients.
+
+        DDP's forward broadcasts buffers from rank 0 before each pass: in an evaluation where
+        ranks run different numbers of batches (a rank can get none), a pass through the
+        wrapper would wait for a partner that never comes.
+        """
+        return self.accelerator.unwrap_model(self.loss_module)
+
     def sum_over_ranks(self, *counts: int) -> list[int]:
         """``counts`` summed over every rank: one all-reduce, none in a single process."""
         if self.accelerator.num_processes == 1:
