@@ -31,6 +31,7 @@ REQUIRED = {
     "data stats": ["x.jsonl"],
     "data export-feedback": ["--out", "x.jsonl"],
     "train": ["--data", "x.jsonl"],
+    "tune": ["--data", "x.jsonl", "--val-data", "v.jsonl", "--space", "train.lr=1e-5:1e-3:log"],
     "export": ["--model", "runs/x", "--output", "x.gguf"],
     "eval": ["--data", "x.jsonl"],
     "rate": ["--data", "x.jsonl", "--models", "a", "b", "--out", "r.jsonl"],
@@ -81,7 +82,7 @@ def test_every_flag_sets_its_field() -> None:
                 argv = [flag]
             else:
                 value = special.get(flag, values.get(action.type, "x"))
-                argv = [flag] + [value] * (action.nargs or 1)
+                argv = [flag] + [value] * (action.nargs if isinstance(action.nargs, int) else 1)
             if (name, flag) in {("serve", "--registry"), ("serve", "--follow-interval")}:
                 argv += ["--bot", "pine"]
             if (name, flag) == ("serve", "--host"):
@@ -224,6 +225,7 @@ def test_max_steps_2_run_leaves_exactly_the_expected_files(tiny_model_dir, chat_
         f"checkpoints/step-0000002/{name}"
         for name in (
             "COMPLETE",
+            "batches.json",
             "config.yaml",
             "optimizer.pt",
             "rng.pt",
@@ -247,11 +249,12 @@ def test_max_steps_2_run_leaves_exactly_the_expected_files(tiny_model_dir, chat_
         *best,
     }
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [sorted(m) for m in metrics] == [
-        ["epoch", "loss", "lr", "step", "tokens_per_s"],
+    # train.eval_every unset with validation data: 8 evaluations, here one after each step
+    step, evaluation = (
         ["epoch", "loss", "lr", "step", "tokens_per_s"],
         ["epoch", "eval_loss", "eval_ppl", "step"],
-    ]
+    )
+    assert [sorted(m) for m in metrics] == [step, evaluation, step, evaluation]
     assert "done:" in result.stdout and "best_eval_loss" in result.stdout
 
 

@@ -122,11 +122,21 @@ class TrainConfig(Section):
     """The optimisation loop."""
 
     output: str = Field("runs/chattune", description="folder for the result and checkpoints")
-    epochs: float = Field(1.0, gt=0, description="passes over the training data")
+    epochs: float | None = Field(
+        None,
+        gt=0,
+        description="passes over the training data; unset: enough for about 100 optimizer "
+        "steps, 1 to 3 (docs/training.md, Defaults)",
+    )
     max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
     batch_size: int = Field(8, ge=1, description="examples per step")
     grad_accum: int = Field(1, ge=1)
-    lr: float = Field(2e-4, gt=0, description="peak learning rate")
+    lr: float | None = Field(
+        None,
+        gt=0,
+        description="peak learning rate; unset: by method (lora/adalora 1e-3, ia3 3e-3, "
+        "freeze 1e-4, full 2e-5)",
+    )
     optimizer: Literal["adamw", "sgd", "lamb"] = "adamw"
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum")
     weight_decay: float = Field(0.0, ge=0)
@@ -139,7 +149,12 @@ class TrainConfig(Section):
         description="bf16 = bf16 autocast over fp32 weights; auto picks bf16 on CPUs "
         "with native bf16 support",
     )
-    eval_every: int = Field(0, ge=0, description="steps between evaluations; 0: only at the end")
+    eval_every: int | None = Field(
+        None,
+        ge=0,
+        description="steps between evaluations; 0: only at the end; unset: 8 in a run with "
+        "validation data (the best weights are the result)",
+    )
     save_every: int = Field(0, ge=0, description="steps between checkpoints; 0: only at the end")
     patience: int = Field(0, ge=0, description="early stopping after N evals without gain")
     eval_generate: int = Field(
@@ -161,7 +176,7 @@ class TrainConfig(Section):
         default_factory=lambda: ["tensorboard"],
         description="trackers that receive the metrics besides metrics.jsonl (wandb runs "
         "offline unless WANDB_MODE says otherwise; mlflow writes to MLFLOW_TRACKING_URI or "
-        "OUTPUT/mlruns)",
+        "sqlite:///OUTPUT/mlflow.db)",
     )
     neftune_alpha: float = Field(
         0.0,

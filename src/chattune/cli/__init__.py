@@ -24,17 +24,15 @@ import os
 import sys
 from typing import Any
 
-from chattune.cli import chat, data, export, generate, kb, learn, models, nlu, serve, train
+from chattune.cli import chat, data, export, generate, kb, learn, models, nlu, serve, train, tune
 from chattune.cli import eval as evaluation
 from chattune.cli.command import Command, add_parser, resolve
 from chattune.errors import ChattuneError
 
-#: Every command, in the order ``chattune --help`` lists them.
-COMMANDS: dict[str, Command] = {
-    c.name: c
-    for module in (data, train, export, generate, chat, serve, evaluation, kb, nlu, models, learn)
-    for c in module.COMMANDS
-}
+#: The command modules, in the order ``chattune --help`` lists their commands.
+VERBS = (data, train, tune, export, generate, chat, serve, evaluation, kb, nlu, models, learn)
+#: Every command, in that order.
+COMMANDS: dict[str, Command] = {c.name: c for module in VERBS for c in module.COMMANDS}
 
 DESCRIPTION = "Fine-tune, evaluate and serve a chatbot; `chattune VERB --help` for each verb."
 

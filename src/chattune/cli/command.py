@@ -126,6 +126,9 @@ def argument(field: FieldInfo) -> dict[str, Any]:
     if typing.get_origin(kind) is list:
         kind = _plain(typing.get_args(kind)[0])
         kwargs = {"nargs": size} if size else {"action": "append"}
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("nargs") == "+":  # one flag, several words: `--space A B`
+            kwargs = {"nargs": "+", "action": "extend"}
     if kind is bool:
         return {"action": "store_const", "const": True, "help": _help(field)}
     if typing.get_origin(kind) is typing.Literal:

@@ -196,6 +196,9 @@ def summarize(run: Run, final: dict[str, float], tokens_per_s: float) -> dict[st
         "truncated": r.truncated,
         "dropped": r.dropped,
         "tokens_per_s": round(tokens_per_s, 1),  # of every rank: the step counts are global
+        # the settings chosen for what the user left unset (train/setup.py resolve_defaults)
+        "lr": run.cfg.train.lr,
+        "epochs": run.cfg.train.epochs,
     }
     if final:
         summary.update(final_eval_loss=round(final["eval_loss"], 4))

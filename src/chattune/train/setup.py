@@ -149,7 +149,50 @@ def build_data(cfg: RunConfig, tokenizer: Any) -> Data:
     return Data(train, val, train_report, val_report)
 
 
-def count_steps(cfg: RunConfig, n_examples: int, world: int) -> int:
+#: ``train.lr`` when unset, by ``adapter.method``. LoRA's 1e-3 (r 16, alpha 32) is the demo's,
+#: measured against 2e-4 with bench/defaults.py (docs/training.md, Defaults); the others are
+#: the usual starting points for their method (IA3 trains rescaling vectors, which need a
+#: larger step; full fine-tuning a much smaller one).
+DEFAULT_LR = {"lora": 1e-3, "adalora": 1e-3, "ia3": 3e-3, "freeze": 1e-4, "full": 2e-5}
+#: ``train.lr`` when unset for DPO (``data.objective=preference``): bench/dpo_vs_trl.py's.
+PREFERENCE_LR = 1e-4
+#: Unset ``train.epochs``: enough passes for this many optimizer steps, at most MAX_EPOCHS.
+TARGET_STEPS, MAX_EPOCHS = 100, 3
+#: Unset ``train.eval_every`` with validation data: this many evaluations in the run.
+DEFAULT_EVALS = 8
+
+
+def resolve_defaults(cfg: RunConfig, n_examples: int, world: int, has_val: bool) -> RunConfig:
+    """``cfg`` with the settings the user left unset chosen from the method and data size.
+
+    - ``train.lr``: :data:`DEFAULT_LR` for the method.
+    - ``train.epochs`` (without ``max_steps``): small sets need more passes than one for an
+      adapter to learn anything: enough for :data:`TARGET_STEPS` optimizer steps, between 1
+      and :data:`MAX_EPOCHS` (300 conversations in batches of 8: 3 epochs, 114 steps; 10,000:
+      1 epoch).
+    - ``train.eval_every``: with validation data, :data:`DEFAULT_EVALS` evaluations, so that
+      the weights of the best one are the result (a longer run cannot end overfitted);
+      without it, none but at the end.
+
+    The run's ``config.yaml`` holds the chosen values, so it reruns as it ran.
+    """
+    t = cfg.train
+    chosen: dict[str, Any] = {}
+    if t.lr is None:
+        preference = cfg.data.objective == "preference"
+        chosen["lr"] = PREFERENCE_LR if preference else DEFAULT_LR.get(cfg.adapter.method, 2e-4)
+    if t.epochs is None and not t.max_steps:
+        per_epoch = count_steps(cfg, n_examples, world, epochs=1.0)
+        chosen["epochs"] = float(min(MAX_EPOCHS, max(1, math.ceil(TARGET_STEPS / per_epoch))))
+    if t.eval_every is None:
+        steps = count_steps(cfg, n_examples, world, chosen.get("epochs", t.epochs))
+        chosen["eval_every"] = max(1, steps // DEFAULT_EVALS) if has_val else 0
+    if chosen:
+        log.info("unset, chosen: %s", ", ".join(f"train.{k}={v:g}" for k, v in chosen.items()))
+    return cfg.model_copy(update={"train": t.model_copy(update=chosen)})
+
+
+def count_steps(cfg: RunConfig, n_examples: int, world: int, epochs: float | None = None) -> int:
     """Optimizer steps of the whole run: ``train.max_steps``, or ``epochs`` worth of them."""
     batches = math.ceil(n_examples / cfg.train.batch_size) // world
     if batches == 0:
@@ -157,7 +200,7 @@ def count_steps(cfg: RunConfig, n_examples: int, world: int) -> int:
     if cfg.train.max_steps:
         return cfg.train.max_steps
     per_epoch = math.ceil(batches / cfg.train.grad_accum)
-    return max(1, math.ceil(cfg.train.epochs * per_epoch))
+    return max(1, math.ceil((epochs or cfg.train.epochs or 1.0) * per_epoch))
 
 
 def native_bf16() -> bool:
@@ -250,6 +293,7 @@ def build_run(cfg: RunConfig, hooks: TrainHooks | None = None) -> Run:
         )
     apply_chat_template_override(tokenizer, cfg.data.chat_template)  # saved with the output
     data = build_data(cfg, tokenizer)
+    cfg = resolve_defaults(cfg, len(data.train), accelerator.num_processes, bool(data.val))
     total = count_steps(cfg, len(data.train), accelerator.num_processes)
     prepared = build_model(cfg, model, total)
     on_gpu = accelerator.device.type == "cuda"
