@@ -178,12 +178,6 @@ class TrainConfig(Section):
         "offline unless WANDB_MODE says otherwise; mlflow writes to MLFLOW_TRACKING_URI or "
         "sqlite:///OUTPUT/mlflow.db)",
     )
-    neftune_alpha: float = Field(
-        0.0,
-        ge=0,
-        description="NEFTune: uniform noise of this scale (divided by sqrt(length x width)) "
-        "added to the input embeddings while training; 0: off",
-    )
     progress: bool = True
     gradient_checkpointing: bool = False
     anchor: Literal["none", "l2sp", "ewc"] = Field(

@@ -296,10 +296,6 @@ def build_run(cfg: RunConfig, hooks: TrainHooks | None = None) -> Run:
     cfg = resolve_defaults(cfg, len(data.train), accelerator.num_processes, bool(data.val))
     total = count_steps(cfg, len(data.train), accelerator.num_processes)
     prepared = build_model(cfg, model, total)
-    if cfg.train.neftune_alpha:  # noisy input embeddings, in train mode only
-        from chattune.train.neftune import attach_neftune
-
-        attach_neftune(prepared.model, cfg.train.neftune_alpha)
     on_gpu = accelerator.device.type == "cuda"
     if on_gpu and accelerator.mixed_precision == "bf16" and prepared.is_peft:
         frozen_weights_in_bf16(prepared.model)
