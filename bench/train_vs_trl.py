@@ -14,6 +14,9 @@ Contenders:
                   or AMX, else float32)
   chattune-fp32   chattune in float32
   chattune-bf16   chattune with bf16 autocast
+  chattune-hf-order  chattune-fp32 on batches in the order of Hugging Face's
+                  LengthGroupedSampler (TRL's group_by_length): the other direction of
+                  bench/trl_parity.py, which runs TRL on chattune's batches
   trl-defaults    TRL's defaults (bf16, gradient checkpointing, LoRA dropout 0.05)
   trl-tuned       TRL with every CPU knob: bf16, LoRA dropout 0, no gradient checkpointing,
                   length-grouped batches
@@ -50,6 +53,7 @@ CONTENDERS = [
     "chattune",
     "chattune-fp32",
     "chattune-bf16",
+    "chattune-hf-order",
     "trl-defaults",
     "trl-tuned",
     "trl-tuned-fp32",
@@ -190,6 +194,9 @@ def child(name: str, steps: int, seed: int) -> None:
     """Run one contender in this process and print its JSON result."""
     if name == "chattune":
         result = run_chattune(steps, seed)
+    elif name == "chattune-hf-order":
+        use_hf_batch_order()
+        result = run_chattune(steps, seed, "train.precision=fp32")
     elif name.startswith("chattune-"):
         result = run_chattune(steps, seed, f"train.precision={name.removeprefix('chattune-')}")
     elif name == "trl-defaults":
@@ -200,6 +207,23 @@ def child(name: str, steps: int, seed: int) -> None:
         result = run_trl(steps, seed, bf16=False, dropout=0.0, checkpointing=False, grouped=True)
     result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def use_hf_batch_order() -> None:
+    """Make chattune's loop take its batches in transformers' LengthGroupedSampler order:
+    megabatches of similar lengths one after the other, longest batch first, each sorted
+    longest to shortest (chattune shuffles the batches instead)."""
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    from chattune.train import loop
+
+    def hf_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = get_length_grouped_indices(lengths, batch_size, generator=generator)
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    loop.length_grouped_batches = hf_batches
 
 
 def cpu_flags() -> str:
