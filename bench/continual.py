@@ -34,6 +34,9 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import machine  # noqa: E402  (bench/machine.py)
+
 UPDATES = ROOT / "examples" / "support" / "updates"
 VARIANTS = {
     "plain": {"replay_ratio": 0.0},
@@ -41,16 +44,6 @@ VARIANTS = {
     "replay+l2sp": {"anchor": "l2sp"},
     "replay+ewc": {"anchor": "ewc"},
 }
-CPU_FLAGS = "avx2 avx512f avx512_bf16 amx_tile"
-
-
-def machine() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    lines = info.splitlines()
-    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "?")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
-    found = " ".join(f for f in CPU_FLAGS.split() if f in flags)
-    return f"{name}, {os.cpu_count()} cores, flags: {found}"
 
 
 def domain_a_run(run: Path, epochs: float) -> Path:

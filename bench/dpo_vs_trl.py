@@ -31,6 +31,9 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import machine  # noqa: E402  (bench/machine.py)
+
 UPDATES = ROOT / "examples" / "support" / "updates"
 LR, BATCH, BETA, MAX_LEN = 1e-4, 8, 0.1, 512
 CONTENDERS = ["chattune", "trl"]
@@ -177,15 +180,6 @@ def shared_eval(run: str, adapter: Path, val: Path) -> dict[str, float]:
     chosen_loss = float(sums[:, 0].sum() / counts[:, 0].sum())
     return {"dpo_loss": float(losses.mean()), "reward_accuracy": float((margin > 0).float().mean()),
             "chosen_token_loss": chosen_loss, "pairs": len(encoded)}  # fmt: skip
-
-
-def machine() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    lines = info.splitlines()
-    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "?")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
-    found = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags)
-    return f"{name}, {os.cpu_count()} cores, flags: {found}"
 
 
 def main() -> None:
