@@ -96,6 +96,7 @@ def trl_run(steps: int, subset: Path, init: dict, order: list[int], seed: int):
     data = Dataset.from_list(rows)
     trainer = Ordered(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                       peft_config=lora, callbacks=[Losses()])  # fmt: skip
+    compare_masks(trainer.train_dataset, subset)
     params = dict(trainer.model.named_parameters())
     with torch.no_grad():
         for name, value in init.items():
@@ -103,6 +104,27 @@ def trl_run(steps: int, subset: Path, init: dict, order: list[int], seed: int):
     start = lora_state(trainer.model)
     trainer.train()
     return trainer, start, seen
+
+
+def compare_masks(trl_data, subset: Path) -> None:
+    """Print how many conversations TRL and chattune tokenize to the same ids with the same
+    labelled positions (TRL's assistant mask from the marked template, chattune's own)."""
+    from chattune.data.dataset import encode_conversations
+    from chattune.data.readers import read_conversations
+    from chattune.data.render import MaskPolicy
+    from chattune.model.loading import load_base
+
+    tokenizer = load_base("smollm2-135m-instruct")[1]
+    ours, _ = encode_conversations(
+        read_conversations(subset), tokenizer, MAX_LEN, MaskPolicy.ASSISTANT
+    )
+    same_ids = same_labels = 0
+    for row, example in zip(trl_data, ours, strict=True):
+        if row["input_ids"] == example.input_ids:
+            same_ids += 1
+            same_labels += [x != -100 for x in row["labels"]] == [x != -100 for x in example.labels]
+    print(f"tokens identical in {same_ids}/{len(ours)} conversations, labelled positions "
+          f"in {same_labels}/{len(ours)}", flush=True)  # fmt: skip
 
 
 def main() -> None:
