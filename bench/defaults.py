@@ -6,8 +6,8 @@ Sets (each split by conversation; the test conversations are never trained on):
   support      examples/support/train.jsonl (150), tested on examples/support/val.jsonl
   updates      examples/support/updates/b-train.jsonl (90), tested on b-val.jsonl
   chatter-en   open-domain chit-chat and trivia from the chatterbot-corpus package (BSD,
-               PyPI; installed by `make setup` for the benches): 300 English dialogues to
-               train on, 100 to test
+               PyPI: pip install chatterbot-corpus): 300 English dialogues to train on, 100
+               to test, one dialogue per distinct first question (the corpus repeats itself)
   chatter-it   the same corpus's Italian dialogues: 300 / 100
 
 Recipes: ``defaults`` is the command with no other flag (chattune's rule for unset lr, epochs
@@ -65,6 +65,10 @@ def chatterbot(language: str, n_train: int, n_test: int, seed: int = 0) -> tuple
                 roles = ["user", "assistant"] * (len(turns) // 2)
                 messages = [{"role": r, "content": t} for r, t in zip(roles, turns, strict=True)]
                 dialogues.append({"messages": messages})
+    # The corpus repeats itself across files (half of a random test set was in the training
+    # set word for word): keep one dialogue per first question, so no test question was seen.
+    unique = {d["messages"][0]["content"].strip().lower(): d for d in dialogues}
+    dialogues = sorted(unique.values(), key=lambda d: d["messages"][0]["content"])
     random.Random(seed).shuffle(dialogues)
     return dialogues[:n_train], dialogues[n_train : n_train + n_test]
 
