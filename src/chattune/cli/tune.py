@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from chattune.cli.command import Command
-from chattune.cli.train import TrainData
+from chattune.cli.train import TrainRun
 from chattune.config import RunConfig
 from chattune.errors import ChattuneError
 from chattune.train.search import SearchSettings
@@ -23,11 +23,10 @@ if TYPE_CHECKING:
     from chattune.train.search import SearchResult
 
 
-class TuneRun(RunConfig):
-    """The base run of every trial (:class:`RunConfig`, training files required) and the
-    ``tune`` section (:class:`SearchSettings`)."""
+class TuneRun(TrainRun):
+    """The base run of every trial (``chattune train``'s config: training files required)
+    and the ``tune`` section (:class:`SearchSettings`)."""
 
-    data: TrainData = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     tune: SearchSettings = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
 
 
