@@ -81,6 +81,12 @@ def main() -> None:
         help="l2sp/ewc strength; 1.0 halved what the demo's round learned (examples/support/"
         "updates/corrections.jsonl), so 0.1, chosen there, is reported here on domain B",
     )
+    parser.add_argument(
+        "--lr-scale",
+        type=float,
+        default=None,
+        help="the round's lr as a share of v1's (default: learn.lr_scale's default)",
+    )
     parser.add_argument("--reply-examples", type=int, default=16)
     parser.add_argument("--work", default="runs/bench/continual")
     args = parser.parse_args()
@@ -125,6 +131,8 @@ def main() -> None:
         chosen = {"epochs": args.epochs, "replay_ratio": args.replay_ratio,
                   "anchor_weight": args.anchor_weight, "reply_examples": args.reply_examples,
                   "hold": True, "progress": False}  # fmt: skip
+        if args.lr_scale is not None:
+            chosen["lr_scale"] = args.lr_scale
         settings = LearnSettings(**(chosen | VARIANTS[name]))
         started = time.perf_counter()
         r = run_round(bot, b_train, settings, [{"file": "b-train.jsonl"}], profile,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from chattune.config import dump_config
 from chattune.data.readers import read_conversations
 from chattune.data.types import Conversation, Message
 from chattune.errors import ConfigError
@@ -347,10 +348,48 @@ def test_a_full_model_version_is_the_next_rounds_base(tmp_path: Path) -> None:
     v1 = bot.register_run(run)
     cfg = candidate_config(v1, tmp_path / "mix.jsonl", tmp_path / "out", LearnSettings())
     assert cfg.model.base == str(v1.model_dir.resolve()) and cfg.model.adapter is None
-    assert cfg.adapter.method == "full" and cfg.train.lr == 2e-5  # the version's own recipe
+    assert cfg.adapter.method == "full"  # the version's own recipe, at a fifth of its lr
+    assert cfg.train.lr == pytest.approx(0.2 * 2e-5)
     assert cfg.data.train == [str(tmp_path / "mix.jsonl")] and cfg.data.val == []
     lr = candidate_config(v1, tmp_path / "m", tmp_path / "o", LearnSettings(lr=1e-6)).train.lr
     assert lr == 1e-6
+
+
+def test_every_round_continues_at_the_same_share_of_the_first_versions_lr(
+    tmp_path: Path,
+) -> None:
+    """v2 trained at 0.2 x v1's lr; v2's round must not go on to 0.2 x 0.2 x v1's."""
+    from chattune.learn.round import candidate_config
+
+    bot = Registry(tmp_path).bot("pine")
+    v1 = bot.register_run(fake_run(tmp_path / "run"))
+    (v1.model_dir / "config.yaml").write_text("train:\n  lr: 1.0e-3\n")
+    out = tmp_path / "v2"
+    cfg = candidate_config(v1, tmp_path / "mix.jsonl", out, LearnSettings(), first=v1)
+    assert cfg.train.lr == pytest.approx(2e-4)
+    v2 = bot.claim()
+    v2.model_dir.mkdir(parents=True, exist_ok=True)
+    (v2.model_dir / "config.yaml").write_text(dump_config(cfg))
+    bot.write_meta(v2, parent=v1.number)
+    again = candidate_config(v2, tmp_path / "mix.jsonl", out, LearnSettings(), first=v1)
+    assert again.train.lr == pytest.approx(2e-4)
+    assert bot.lineage(v2)[0].number == v1.number  # what a round passes as first
+    assert candidate_config(v2, tmp_path / "m", out, LearnSettings(lr_scale=0.5), first=v1
+                            ).train.lr == pytest.approx(5e-4)  # fmt: skip
+
+
+def test_a_rounds_chat_template_is_the_one_saved_with_the_version(tmp_path: Path) -> None:
+    """``data.chat_template: templates/x.jinja`` is relative to where v1 was trained; the
+    round, run elsewhere, reads the copy saved beside the version's weights."""
+    from chattune.learn.round import candidate_config
+
+    bot = Registry(tmp_path).bot("pine")
+    run = fake_run(tmp_path / "run")
+    (run / "config.yaml").write_text("data:\n  chat_template: templates/x.jinja\n")
+    (run / "chat_template.jinja").write_text("{{ messages }}")
+    v1 = bot.register_run(run)
+    cfg = candidate_config(v1, tmp_path / "mix.jsonl", tmp_path / "out", LearnSettings())
+    assert cfg.data.chat_template == str((v1.model_dir / "chat_template.jinja").resolve())
 
 
 # ----- what the review found --------------------------------------------------------

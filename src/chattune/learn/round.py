@@ -58,7 +58,17 @@ class LearnSettings(Section):
     )
     min_new: int = Field(4, ge=2, description="fewer new conversations than this: no round")
     epochs: float = Field(3.0, gt=0, description="passes over new + replay")
-    lr: float | None = Field(None, gt=0, description="learning rate (default: the version's)")
+    lr: float | None = Field(
+        None, gt=0, description="learning rate (default: lr_scale x the first version's)"
+    )
+    lr_scale: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="with lr unset: the round's lr as a share of the lr the bot's first "
+        "version was trained with (every round the same; restarting a converged model at its "
+        "first run's peak lr forgets)",
+    )
     batch_size: int | None = Field(None, ge=1, description="default: the version's")
     anchor: Literal["none", "l2sp", "ewc"] = Field(
         "none", description="penalty toward the current weights (train/anchor.py)"
@@ -242,21 +252,49 @@ def replay_sample(
 # ----- train ----------------------------------------------------------------------------
 
 
+def _run_config(version: Version) -> RunConfig:
+    config_file = version.model_dir / "config.yaml"
+    if not config_file.exists():
+        raise ConfigError(f"{version.model_dir}: no config.yaml: not a chattune training output")
+    return RunConfig.model_validate(yaml.safe_load(config_file.read_text(encoding="utf-8")))
+
+
+def round_lr(settings: LearnSettings, first: RunConfig) -> float:
+    """``learn.lr``, else ``lr_scale`` x the lr of the lineage's first version.
+
+    Scaled from the first version, not the current one, so that rounds do not compound
+    (0.2, then 0.04, ...). Why lower at all: the first run's cosine schedule ended near 0 at
+    a converged model; a round that restarts at that run's peak lr is the "re-warming" that
+    Gupta et al. (2023) found raises the loss on the old data. Measured on the demo's round
+    (docs/learning.md): at the first run's 1e-3 the old set's loss rose 23%; at 2e-4 it
+    fell 10% while the new set learned as much (-92% vs -91%).
+    """
+    from chattune.train.setup import DEFAULT_LR
+
+    if settings.lr:
+        return settings.lr
+    return settings.lr_scale * (first.train.lr or DEFAULT_LR.get(first.adapter.method, 2e-4))
+
+
 def candidate_config(
-    current: Version, mix: Path, output: Path, settings: LearnSettings, replay: Path | None = None
+    current: Version,
+    mix: Path,
+    output: Path,
+    settings: LearnSettings,
+    replay: Path | None = None,
+    first: Version | None = None,
 ) -> RunConfig:
     """The current version's own training config, continued on ``mix`` into ``output``
-    (ewc's Fisher estimated on ``replay``: the old data)."""
-    config_file = current.model_dir / "config.yaml"
-    if not config_file.exists():
-        raise ConfigError(f"{current.model_dir}: no config.yaml: not a chattune training output")
-    cfg = RunConfig.model_validate(yaml.safe_load(config_file.read_text(encoding="utf-8")))
+    (ewc's Fisher estimated on ``replay``: the old data) at :func:`round_lr` of ``first``,
+    the lineage's first version (default: ``current``)."""
+    cfg = _run_config(current)
+    lr = round_lr(settings, _run_config(first) if first else cfg)
     peft = (current.model_dir / "adapter_config.json").exists()
     t = cfg.train
     train = t.model_copy(update={
         "output": str(output), "epochs": settings.epochs, "max_steps": None, "resume": False,
         "eval_every": 0, "save_every": 0, "patience": 0, "eval_generate": 0,
-        "lr": settings.lr or t.lr, "batch_size": settings.batch_size or t.batch_size,
+        "lr": lr, "batch_size": settings.batch_size or t.batch_size,
         "anchor": settings.anchor, "anchor_weight": settings.anchor_weight,
         "anchor_data": [str(replay)] if replay else [], "progress": settings.progress,
         "seed": t.seed + current.number,
@@ -264,6 +302,9 @@ def candidate_config(
     objective = "preference" if settings.objective == "dpo" else cfg.data.objective
     data = cfg.data.model_copy(update={"train": [str(mix)], "val": [], "val_split": 0.0,
                                        "format": "messages", "objective": objective})  # fmt: skip
+    saved = current.model_dir / "chat_template.jinja"
+    if data.chat_template and saved.exists():  # a path in the config is relative to its run
+        data = data.model_copy(update={"chat_template": str(saved.resolve())})
     if settings.objective == "dpo":
         train = train.model_copy(update={"dpo_beta": settings.dpo_beta})
     if peft:  # continue the adapter on the same base
@@ -461,7 +502,8 @@ def _learn(
     if data.pairs:
         manifest["pairs"] = write_pairs(d / "pairs.jsonl", data.pairs)
         trained_on = d / "pairs.jsonl"
-    cfg = candidate_config(current, trained_on, candidate.model_dir, settings, old)
+    first = bot.lineage(current)[0]
+    cfg = candidate_config(current, trained_on, candidate.model_dir, settings, old, first)
     summary = train(cfg)
     shutil.rmtree(candidate.model_dir / "checkpoints", ignore_errors=True)  # the output is enough
     new_set = f"new ({candidate.label})"
