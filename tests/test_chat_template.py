@@ -123,3 +123,24 @@ def test_trained_model_serves_with_the_override(tiny_model_dir, chat_files, tmp_
     assert tok.decode(generation_prompt_ids(tok, CONV.messages[:2])).endswith(
         "<|im_start|>assistant says:\n"
     )
+
+
+def test_data_stats_counts_under_the_template_training_will_use(
+    tiny_model_dir, tmp_path: Path, capsys
+) -> None:
+    from chattune.cli import main
+    from tests.conftest import write_jsonl
+
+    data = tmp_path / "d.jsonl"
+    write_jsonl(data, [{"messages": [{"role": m.role, "content": m.content}
+                                     for m in CONV.messages]}])  # fmt: skip
+    args = ["data", "stats", str(data), "--base", str(tiny_model_dir)]
+    assert main(args) == 0
+    own = capsys.readouterr().out
+    template = tmp_path / "says.jinja"
+    template.write_text(SAYS)
+    assert main([*args, "--chat-template", str(template)]) == 0
+    says = capsys.readouterr().out
+    assert own != says  # "says:" adds tokens to every turn
+    assert main([*args, "--chat-template", str(tmp_path / "missing.jinja")]) != 0
+    assert "data.chat_template: no such file" in capsys.readouterr().err

@@ -30,6 +30,9 @@ class DataStatsConfig(Section):
     base: str = Field(EMBEDDED, description="model whose tokenizer and chat template to use")
     max_len: int = Field(1024, ge=8, description="tokens per example, as in training")
     mask: MaskPolicy = Field(MaskPolicy.ASSISTANT, description="which turns are trained")
+    chat_template: str | None = Field(
+        None, description="a .jinja file or inline Jinja instead of the model's (as in training)"
+    )
 
 
 class ExportFeedbackConfig(Section):
@@ -58,12 +61,16 @@ def cmd_data_check(cfg: DataCheckConfig) -> int:
 def cmd_data_stats(cfg: DataStatsConfig) -> int:
     """Count conversations, turns and tokens under the model's chat template."""
     from chattune.data.readers import read_many
+    from chattune.data.render import apply_chat_template_override, read_chat_template
     from chattune.data.stats import data_stats
     from chattune.model.loading import base_folder, load_tokenizer, quiet_transformers
 
     quiet_transformers()
     conversations = read_many(cfg.files, cfg.format)  # data errors before a slow load
+    if cfg.chat_template:
+        read_chat_template(cfg.chat_template)  # a missing file before the load, too
     tokenizer = load_tokenizer(base_folder(cfg.base))
+    apply_chat_template_override(tokenizer, cfg.chat_template)
     stats = data_stats(conversations, tokenizer, cfg.max_len, cfg.mask).rows()
     width = max(len(k) for k in stats)
     for key, value in stats.items():
@@ -108,6 +115,7 @@ DATA_STATS = Command(
         "--base": "base",
         "--max-len": "max_len",
         "--mask": "mask",
+        "--chat-template": "chat_template",
     },
     cmd_data_stats,
 )
