@@ -205,3 +205,20 @@ def test_a_tracker_that_is_not_installed_is_a_config_error(
     with pytest.raises(ConfigError, match=pattern):
         MetricsLogger(out, None, main, config=cfg)
     assert not out.exists()
+
+
+def test_missing_tracker_or_template_fails_before_the_model_loads(
+    chat_files, tmp_path, monkeypatch
+) -> None:
+    """``model.base`` does not exist: had the model loaded first, that would be the error."""
+    from chattune.train.setup import build_run
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    nowhere = tmp_path / "no-model"
+    cfg = config(nowhere, chat_files, tmp_path / "run", "train.report_to=[wandb]")
+    with pytest.raises(ConfigError, match=r"train\.report_to: wandb is not installed"):
+        build_run(cfg)
+    missing = tmp_path / "nope.jinja"
+    cfg = config(nowhere, chat_files, tmp_path / "run", f"data.chat_template={missing}")
+    with pytest.raises(ConfigError, match=r"data\.chat_template: no such file"):
+        build_run(cfg)

@@ -277,6 +277,17 @@ def build_model(cfg: RunConfig, model: Any, total_steps: int) -> Prepared:
     return prepared
 
 
+def check_before_loading(cfg: RunConfig) -> None:
+    """What fails without the model, failed before loading it (seconds to minutes): a
+    missing chat template file, a tracker that is not installed."""
+    from chattune.data.render import read_chat_template
+    from chattune.train.tracking import require_trackers
+
+    if cfg.data.chat_template:
+        read_chat_template(cfg.data.chat_template)
+    require_trackers(cfg.train.report_to)
+
+
 def build_run(cfg: RunConfig, hooks: TrainHooks | None = None) -> Run:
     """Everything the loop needs: model with its method applied, data, optimizer, schedule."""
     hooks = hooks or TrainHooks()
@@ -286,6 +297,7 @@ def build_run(cfg: RunConfig, hooks: TrainHooks | None = None) -> Run:
             "hook (chattune train builds one)",
             cfg.train.eval_generate,
         )
+    check_before_loading(cfg)
     accelerator = build_accelerator(cfg)
     with accelerator.main_process_first():  # rank 0 converts/caches the GGUF once
         model, tokenizer = load_base(
