@@ -144,3 +144,31 @@ def test_evaluation_does_not_hang_when_a_rank_gets_no_validation_batch(
     )  # fmt: skip
     evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in evals if "eval_loss" in r] == [1, 2, 3]
+
+
+RESUME_WORKER = Path(__file__).parent / "ddp_resume_worker.py"
+
+
+def test_two_ranks_killed_and_resumed_end_where_the_uninterrupted_run_ends(
+    tiny_model_dir, chat_files, tmp_path
+):
+    """Dropout draws from each rank's generator, and ranks with batches of other shapes draw
+    different amounts, so after a step the two ranks' generators differ. A resume must give
+    each rank its own back (restoring rank 0's on both changes rank 1's dropout masks, and
+    so the weights)."""
+    overrides = [f"model.base={tiny_model_dir}", f"data.train=[{chat_files[0]}]",
+                 "adapter.dropout=0.3", "train.batch_size=1", "train.max_steps=4",
+                 "train.save_every=2", "train.progress=false", "train.lr=1e-2"]  # fmt: skip
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    for folder in (straight, resumed):
+        folder.mkdir()
+    launch(RESUME_WORKER, 2, str(straight), "0", *overrides, f"train.output={straight}/run")
+    run = f"train.output={resumed}/run"
+    launch(RESUME_WORKER, 2, str(resumed), "2", *overrides, run)  # both ranks die at step 2
+    assert not list(resumed.glob("rank*.json"))
+    assert (resumed / "run" / "checkpoints" / "step-0000002").is_dir()
+    launch(RESUME_WORKER, 2, str(resumed), "0", *overrides, run, "train.resume=true")
+    ends = {f: [json.loads((f / f"rank{r}.json").read_text()) for r in (0, 1)]
+            for f in (straight, resumed)}  # fmt: skip
+    assert ends[straight][0]["next_draw"] != ends[straight][1]["next_draw"]  # they differ
+    assert ends[resumed] == ends[straight]
