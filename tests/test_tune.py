@@ -209,3 +209,24 @@ def test_kill_9_mid_trial_then_the_same_command_finishes_the_search(
     assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 1
     assert retry.params == trials[1].params and retry.state != TrialState.FAIL
     assert len(list((out / "trials").iterdir())) == 1  # the killed trial's debris is gone
+
+
+def test_evaluations_are_spread_over_the_epochs_a_trial_will_really_run(
+    chat_files, tiny_model_dir, tmp_path
+) -> None:
+    """Unset ``train.epochs`` trains 1-3 epochs (resolve_defaults), so ~4 evaluations per
+    trial must be counted over those, not over one epoch."""
+    from chattune.train.search import SearchSettings, plan_search
+    from chattune.train.setup import count_steps, read_items, resolve_defaults
+
+    flags = {"model.base": str(tiny_model_dir), "data.train": [str(chat_files[0])],
+             "data.val": [str(chat_files[1])], "train.batch_size": 1,
+             "train.output": str(tmp_path / "run")}  # fmt: skip
+    base = build_config(flags=flags)
+    assert base.train.epochs is None and base.train.eval_every is None
+    n = len(read_items(base)[0])
+    epochs = resolve_defaults(base, n, 1, has_val=True).train.epochs
+    assert epochs > 1  # a few tiny conversations: more than one pass
+    plan = plan_search(base, SearchSettings(space=["train.lr=1e-4:1e-3"]))
+    steps = count_steps(base, n, 1, epochs)
+    assert plan.eval_every == max(1, steps // 4) > count_steps(base, n, 1, 1.0) // 4

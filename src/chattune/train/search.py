@@ -140,7 +140,7 @@ def plan_search(base: RunConfig, settings: SearchSettings) -> SearchPlan:
         ConfigError: a bad ``--space`` entry, or no validation data.
         DataError: problems in the data files (all of them, as ``FILE:LINE``).
     """
-    from chattune.train.setup import count_steps, read_items
+    from chattune.train.setup import count_steps, read_items, resolve_defaults
 
     space = parse_space(settings.space, base)
     if not base.data.val and not base.data.val_split:
@@ -151,7 +151,9 @@ def plan_search(base: RunConfig, settings: SearchSettings) -> SearchPlan:
     train_items, _ = read_items(base)  # every data problem now, not in the first trial
     eval_every = base.train.eval_every
     if not eval_every:
-        steps = count_steps(base, len(train_items), 1)
+        # the epochs a trial will run: unset, the number resolve_defaults picks (1-3), not 1
+        unset_filled = resolve_defaults(base, len(train_items), 1, has_val=False)
+        steps = count_steps(unset_filled, len(train_items), 1)
         eval_every = max(1, steps // settings.evals_per_trial)
         log.info(
             "the base run has no train.eval_every: evaluating every %d of its ~%d steps "
