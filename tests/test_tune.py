@@ -7,6 +7,7 @@ as a user would (a subprocess, ``kill -9`` mid-trial) and resumes it with the sa
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -209,6 +210,43 @@ def test_kill_9_mid_trial_then_the_same_command_finishes_the_search(
     assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 1
     assert retry.params == trials[1].params and retry.state != TrialState.FAIL
     assert len(list((out / "trials").iterdir())) == 1  # the killed trial's debris is gone
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_trial_killed_after_a_checkpoint_is_resumed_not_retrained(
+    chat_files, tiny_model_dir, tmp_path
+):
+    """Killed once its step-3 checkpoint exists, the rerun's retry takes the killed trial's
+    folder over and trains on from that checkpoint: every step logged once, in one folder."""
+    out = tmp_path / "search"
+    argv = tune_args(tiny_model_dir, chat_files, out, "--trials", "1", "--heartbeat", "1",
+                     "--space", "train.lr=1e-4:1e-2:log", steps=12)  # fmt: skip
+    command = [sys.executable, "-m", "chattune.cli", *argv]
+    proc = subprocess.Popen(command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    trial = out / "trials" / "trial-0000"
+    try:
+        saved = wait_until(lambda: any((trial / "checkpoints").glob("step-*")), 240)
+        assert saved, "no checkpoint within 240 s"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(2 * 1 + 0.5)  # stale after two heartbeats
+    again = run_cli(*argv)
+    assert again.returncode == 0, again.stderr[-3000:]
+    killed, retry = load(out).trials
+    assert killed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["resumed_from"] == 0 and retry.params == killed.params
+    resumed = out / "trials" / "trial-0001"
+    assert not trial.exists() and retry.user_attrs["output"] == str(resumed)
+    steps = [r["step"] for r in map(json.loads, (resumed / "metrics.jsonl").read_text().split())
+             if "loss" in r]  # fmt: skip
+    assert steps == list(range(1, 13))
+    # evaluations every 3 steps: the killed trial reported 3 (and maybe more) before it
+    # died; a retry trained afresh would report 3 again, the resumed one starts after it
+    assert 3 in killed.intermediate_values
+    assert min(retry.intermediate_values) > 3 and max(retry.intermediate_values) == 12
 
 
 def test_evaluations_are_spread_over_the_epochs_a_trial_will_really_run(

@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import typing
 import warnings
@@ -130,6 +131,8 @@ class SearchPlan:
         values = {p.name: p.decode(params[p.name]) for p in self.space if p.name in params}
         folder = output or str(self.trials_dir / f"trial-{number:04d}")
         fixed = {"train.output": folder, "train.eval_every": self.eval_every}
+        if not self.base.train.save_every:  # a checkpoint per evaluation: a killed trial resumes
+            fixed["train.save_every"] = self.eval_every
         return with_values(self.base, {**values, **fixed, "train.resume": False})
 
 
@@ -267,6 +270,7 @@ def make_objective(plan: SearchPlan) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
         try:
             cfg = plan.trial_config(trial.number, {p.name: p.suggest(trial) for p in plan.space})
+            cfg = continue_killed_trial(cfg, trial, plan)
             trial.set_user_attr("output", cfg.train.output)
             return train_trial(cfg, trial)
         except ChattuneError as e:
@@ -279,6 +283,34 @@ def make_objective(plan: SearchPlan) -> Callable[[optuna.Trial], float]:
     return objective
 
 
+def continue_killed_trial(cfg: RunConfig, trial: optuna.Trial, plan: SearchPlan) -> RunConfig:
+    """``cfg``, resuming from the last checkpoint of the trial this one retries, if any.
+
+    A trial whose process died is queued again with its parameters under a new number
+    (:func:`open_study`'s retry callback); its folder still holds the checkpoints it saved
+    at its evaluations, so the retry takes the folder over and resumes instead of training
+    those steps again. A trial killed before its first checkpoint starts afresh.
+    """
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    with warnings.catch_warnings():  # retried_trial_number is "experimental" in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+        origin = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+    if origin is None:
+        return cfg
+    killed = plan.trials_dir / f"trial-{origin:04d}"
+    if not any((killed / "checkpoints").glob("step-*")):
+        return cfg
+    target = Path(cfg.train.output)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(killed, target)
+    trial.set_user_attr("resumed_from", origin)
+    log.info("trial %d continues trial %d from its last checkpoint", trial.number, origin)
+    return with_values(cfg, {"train.resume": True})
+
+
 def train_trial(cfg: RunConfig, trial: optuna.Trial) -> float:
     """Train one trial's run, reporting every evaluation; its best validation loss.
 
@@ -289,8 +321,8 @@ def train_trial(cfg: RunConfig, trial: optuna.Trial) -> float:
 
     from chattune.train import TrainHooks, run_train
 
-    # The study just drew this number: anything in its folder is another study's debris.
-    shutil.rmtree(cfg.train.output, ignore_errors=True)
+    if not cfg.train.resume:  # a new number: anything in its folder is another study's debris
+        shutil.rmtree(cfg.train.output, ignore_errors=True)
     pruned_at: list[int] = []
 
     def after_evaluate(step: int, metrics: dict[str, float]) -> bool:
