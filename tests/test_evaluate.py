@@ -168,7 +168,8 @@ def test_json_keys_are_stable(compared, tmp_path) -> None:
     write_json(compared, out, per_example=False)
     data = json.loads(out.read_text())
     assert set(data) == {
-        "model", "data", "n_examples", "profile", "generation", "backend", "metrics", "compare"
+        "model", "data", "n_examples", "profile", "generation", "backend", "lang", "metrics",
+        "compare",
     }  # fmt: skip
     assert data["backend"] == "transformers"
     assert set(data["metrics"]) == {*METRIC_KEYS, "n_examples"}

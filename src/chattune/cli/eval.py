@@ -19,6 +19,7 @@ from chattune.cli.common import (
     model_field,
 )
 from chattune.config import FieldProblem, Section
+from chattune.evaluate.languages import LanguageCode
 
 
 class EvalOutput(Section):
@@ -42,6 +43,11 @@ class EvalConfig(Section):
     max_len: int = Field(1024, ge=8, description="tokens per example for perplexity")
     batch_size: int = Field(8, ge=1)
     bootstrap: int = Field(1000, ge=0, description="resamples for the 95% interval")
+    lang: LanguageCode = Field(
+        "auto",
+        description="language of the replies (BLEU tokenizer, ROUGE/F1 words); auto detects it "
+        "from the references, und is any other language",
+    )
     bot: BotSection = Field(default_factory=BotSection)
     backend: BackendSettings = backend_field()
     generation: GenerationOverrides = Field(default_factory=GenerationOverrides)  # type: ignore[valid-type]
@@ -89,6 +95,7 @@ def cmd_eval(cfg: EvalConfig) -> int:
         bootstrap=cfg.bootstrap,
         profile=load_bot(cfg.bot, cfg.generation),
         backend=cfg.backend,
+        lang=cfg.lang,
     )
     result = evaluate_models(settings)
     print(format_table(result))
@@ -129,6 +136,7 @@ EVAL = Command(
         "--max-len": "max_len",
         "--batch-size": "batch_size",
         "--bootstrap": "bootstrap",
+        "--lang": "lang",
         "--json": "output.json_file",
         "--per-example": "output.per_example",
         "--report": "output.report",

@@ -1,7 +1,8 @@
 """Evaluation: did fine-tuning help, and by how much?
 
 ``examples`` turns conversations into (history, reference reply) pairs; ``metrics`` scores
-replies (sacrebleu, rouge-score, SQuAD-style F1, distinct-n); ``generation`` gets replies
+replies (sacrebleu, rouge-score, SQuAD-style F1, distinct-n) in the words ``languages`` picks
+for each language; ``generation`` gets replies
 through the chat engine (so the bot profile applies); ``perplexity`` scores references by
 teacher forcing; ``scoring`` and ``run`` put two models side by side with bootstrap intervals;
 ``report`` writes HTML/Markdown; ``ratings`` records and summarises human preferences;

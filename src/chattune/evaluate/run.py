@@ -16,6 +16,7 @@ from chattune.data.readers import read_many
 from chattune.errors import DataError
 from chattune.evaluate.examples import TurnExample, turn_examples
 from chattune.evaluate.generation import generate_replies
+from chattune.evaluate.languages import Language, resolve_language
 from chattune.evaluate.perplexity import reference_losses
 from chattune.evaluate.scoring import (
     LOWER_IS_BETTER,
@@ -46,6 +47,9 @@ class EvalSettings:
     #: what generates the replies; perplexity is always transformers' (float32; for a GGUF
     #: file, its dequantized weights), so it compares across backends
     backend: BackendSettings = field(default_factory=BackendSettings)
+    #: the replies' language code (BLEU tokenizer, ROUGE/F1/distinct words), or ``auto`` to
+    #: detect it from the references
+    lang: str = "auto"
     progress: bool = True
 
 
@@ -64,8 +68,11 @@ def load_examples(files: list[str], limit: int | None) -> list[TurnExample]:
     return examples
 
 
-def evaluate_model(spec: str, examples: list[TurnExample], settings: EvalSettings) -> ModelResult:
-    """Perplexity of the references, then generated replies scored against them."""
+def evaluate_model(
+    spec: str, examples: list[TurnExample], settings: EvalSettings, language: Language
+) -> ModelResult:
+    """Perplexity of the references, then generated replies scored against them in
+    ``language``'s words."""
     from chattune.model.loading import load_model
 
     model, tokenizer = load_model(spec)
@@ -94,6 +101,7 @@ def evaluate_model(spec: str, examples: list[TurnExample], settings: EvalSetting
         [r.text for r in replies],
         [r.stopped for r in replies],
         losses,
+        language,
     )
     return ModelResult(spec, aggregate(records), records, name)
 
@@ -103,7 +111,9 @@ def evaluate_models(settings: EvalSettings) -> dict[str, Any]:
     for spec in filter(None, (settings.model, settings.compare)):
         check(spec, settings.backend)  # a bad model fails now, not after the first has run
     examples = load_examples(settings.data, settings.max_examples)
-    main = evaluate_model(settings.model, examples, settings)
+    language = resolve_language(settings.lang, [e.reference for e in examples])
+    log.info("measuring in %s (BLEU tokenizer %s)", language.code, language.bleu_tokenize)
+    main = evaluate_model(settings.model, examples, settings, language)
     result: dict[str, Any] = {
         "model": main.name,
         "data": settings.data,
@@ -111,12 +121,13 @@ def evaluate_models(settings: EvalSettings) -> dict[str, Any]:
         "profile": settings.profile.name,
         "generation": settings.profile.generation.model_dump(),
         "backend": main.backend,
+        "lang": language.describe(),
         "metrics": main.metrics,
         "per_example": [r.public() for r in main.records],
         "examples": [[m.as_dict() for m in e.history] for e in examples],
     }
     if settings.compare:
-        other = evaluate_model(settings.compare, examples, settings)
+        other = evaluate_model(settings.compare, examples, settings, language)
         intervals = bootstrap_deltas(other.records, main.records, settings.bootstrap)
         result["compare"] = {
             "model": other.name,
@@ -149,9 +160,18 @@ def format_table(result: dict[str, Any]) -> str:
             row += f" [{lo:+.3f}, {hi:+.3f}]" + ("  better" if better and mark == "*" else "")
         lines.append(row)
     lines.append(f"{'n_examples':<16}{result['n_examples']:>{width}}")
+    if "lang" in result:
+        lines.append(_language_line(result["lang"]))
     if cmp:
         lines.append("* the 95% interval excludes 0 (delta = first model - second model)")
     return "\n".join(lines)
+
+
+def _language_line(lang: dict[str, Any]) -> str:
+    how = "detected from the references" if lang["detected"] else "--lang"
+    stem = f", stemmer {lang['stemmer']}" if lang["stemmer"] else ""
+    words = f"words {lang['words']}{stem}"
+    return f"{'lang':<16}{lang['code']} ({how}; BLEU tokenizer {lang['bleu_tokenize']}, {words})"
 
 
 def write_json(result: dict[str, Any], path: str | Path, per_example: bool) -> None:

@@ -1,7 +1,7 @@
 """Per-example records and the corpus metrics computed from any subset of them.
 
-Keeping per-example sufficient statistics (BLEU counts, loss sums) means a corpus metric
-for a bootstrap resample is a sum and a formula, not a re-run of the scorers.
+Keeping per-example sufficient statistics (BLEU counts, loss sums, the reply's words) means a
+corpus metric for a bootstrap resample is a sum and a formula, not a re-run of the scorers.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from chattune.evaluate.languages import Language, resolve_language
 from chattune.evaluate.metrics import (
     bleu_from_stats,
     bleu_stats,
-    distinct_n,
+    distinct_of_words,
+    ngram_words,
     perplexity,
     rouge,
     token_f1,
@@ -57,10 +59,12 @@ class Record:
     rouge_2: float
     rouge_l: float
     bleu_stats: list[int] = field(repr=False)
+    words: list[str] = field(repr=False)  # the reply's words, for distinct-n and avg_len
 
     def public(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("bleu_stats")
+        d.pop("words")
         return d
 
 
@@ -70,8 +74,12 @@ def make_records(
     replies: list[str],
     stopped: list[bool],
     losses: list[tuple[float, int]],
+    lang: str | Language = "auto",
 ) -> list[Record]:
-    stats = bleu_stats(replies, references)
+    """Score each reply against its reference, in ``lang``'s words (``auto``: detected from
+    the references, see :func:`~chattune.evaluate.languages.detect_language`)."""
+    language = resolve_language(lang, references)
+    stats = bleu_stats(replies, references, language)
     return [
         Record(
             i,
@@ -80,9 +88,10 @@ def make_records(
             stop,
             loss,
             n,
-            token_f1(hyp, ref),
-            **rouge(hyp, ref),
+            token_f1(hyp, ref, language),
+            **rouge(hyp, ref, language),
             bleu_stats=stats[k].tolist(),
+            words=ngram_words(hyp, language),
         )
         for k, (i, ref, hyp, stop, (loss, n)) in enumerate(
             zip(ids, references, replies, stopped, losses, strict=True)
@@ -100,8 +109,9 @@ def aggregate(records: list[Record], index: np.ndarray | None = None) -> dict[st
     out.update(bleu_from_stats(np.sum([r.bleu_stats for r in rs], axis=0)))
     for key in ("rouge_1", "rouge_2", "rouge_l", "f1"):
         out[key] = float(np.mean([getattr(r, key) for r in rs]))
-    out["distinct_1"], out["distinct_2"] = distinct_n(replies, 1), distinct_n(replies, 2)
-    out["avg_len"] = float(np.mean([len(x.split()) for x in replies]))
+    words = [r.words for r in rs]
+    out["distinct_1"], out["distinct_2"] = distinct_of_words(words, 1), distinct_of_words(words, 2)
+    out["avg_len"] = float(np.mean([len(w) for w in words]))
     out["non_stop_rate"] = float(np.mean([not r.stopped for r in rs]))
     out["empty_rate"] = float(np.mean([not x.strip() for x in replies]))
     out["n_examples"] = len(rs)
