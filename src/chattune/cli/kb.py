@@ -1,8 +1,8 @@
 """``chattune kb <verb>``: build, inspect, search and evaluate a knowledge base.
 
 The knowledge package only logs; these commands print. It is imported inside each command,
-so ``chattune --help`` stays instant (:data:`Mode` mirrors its retrieval modes; a test keeps
-the two equal).
+so ``chattune --help`` stays instant (:data:`Mode` and :data:`Terms` mirror its retrieval
+modes and BM25 term schemes; tests keep them equal).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from chattune.cli.command import Command
 from chattune.config import Section
 
 Mode = Literal["hybrid", "dense", "bm25", "rrf"]
+Terms = Literal["bigram", "jieba"]
 
 
 class KbConfig(Section):
@@ -36,6 +37,11 @@ class KbAddConfig(KbConfig):
     )
     overlap_words: int | None = Field(
         None, ge=0, description="words shared by adjacent chunks (knowledge.chunking.OVERLAP_WORDS)"
+    )
+    terms: Terms | None = Field(
+        None,
+        description="BM25 terms of Chinese, Japanese and Korean text: bigram (default: "
+        "characters and character pairs) or jieba (Chinese words); fixed at creation",
     )
 
 
@@ -74,6 +80,7 @@ def _open(cfg: KbConfig) -> Any:
             embedder=cfg.embedder,
             max_words=cfg.chunk_words,
             overlap_words=cfg.overlap_words,
+            terms=cfg.terms,
         )
     return KnowledgeBase(cfg.kb)
 
@@ -213,6 +220,7 @@ COMMANDS = [
             "--embedder": "embedder",
             "--chunk-words": "chunk_words",
             "--overlap-words": "overlap_words",
+            "--terms": "terms",
         },
         cmd_kb_add,
     ),

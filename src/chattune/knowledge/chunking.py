@@ -5,7 +5,11 @@ whole paragraphs are kept together up to ``max_words``, and a paragraph longer t
 cut into overlapping word windows. Consecutive chunks of one section overlap by
 ``overlap_words`` so a fact that straddles a boundary is whole in at least one of them. Each
 FAQ entry is exactly one chunk. Words, not model tokens, measure size: all-MiniLM-L6-v2 reads
-256 word pieces, and 160 English words stay under that with room for the heading.
+256 word pieces, and 160 English words stay under that with room for the heading. Chinese
+and Japanese are written without spaces (Korean only between phrases), so there each
+character, and each CJK punctuation mark, counts as a word: multilingual tokenizers give such
+text about one token per character, and a long Chinese paragraph is cut into windows instead
+of counting as one "word".
 
 Example:
     >>> from chattune.knowledge.documents import Block
@@ -16,11 +20,13 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import groupby
+from itertools import groupby, pairwise
 
 from chattune.knowledge.documents import Block
+from chattune.knowledge.terms import WIDE_CHARS
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,40 @@ class Chunk:
 #: The one home of the chunk defaults (the knowledge base records them when it is created).
 MAX_WORDS = 160
 OVERLAP_WORDS = 32
+
+
+#: One character written without spaces (a CJK letter, CJK or full-width punctuation), or a
+#: run of other non-space characters: the words that measure and cut a chunk.
+_WORD = re.compile(f"[{WIDE_CHARS}]|[^\\s{WIDE_CHARS}]+")
+_IS_WIDE = re.compile(f"[{WIDE_CHARS}]")
+
+
+def split_words(text: str) -> list[str]:
+    """The words of ``text``: whitespace-separated, each CJK character one word.
+
+    Example:
+        >>> split_words("Ridgeline 2 帐篷。Packed")
+        ['Ridgeline', '2', '帐', '篷', '。', 'Packed']
+    """
+    return _WORD.findall(text)
+
+
+def join_words(words: list[str]) -> str:
+    """Words back into text: a space between two words unless both are CJK characters.
+
+    Example:
+        >>> join_words(["Ridgeline", "2", "帐", "篷", "。", "Packed"])
+        'Ridgeline 2 帐篷。 Packed'
+    """
+    out = words[:1]
+    for before, word in pairwise(words):
+        out += [word] if _IS_WIDE.match(before) and _IS_WIDE.match(word) else [" ", word]
+    return "".join(out)
+
+
+def count_words(text: str) -> int:
+    """How many words ``text`` holds, as :func:`split_words` counts them."""
+    return len(split_words(text))
 
 
 def chunk_blocks(
@@ -69,21 +109,21 @@ def _section(blocks: list[Block], max_words: int, overlap: int) -> Iterator[tupl
     parts: list[str] = []
     size, line, tail = 0, blocks[0].line, ""
     for block in blocks:
-        words = block.text.split()
+        words = split_words(block.text)
         if len(words) > max_words:  # one long paragraph: overlapping word windows
             if parts:
                 yield _join(tail, parts), line
             step = max_words - overlap
             for start in range(0, max(len(words) - overlap, 1), step):
-                yield " ".join(words[start : start + max_words]), block.line
-            parts, size, tail = [], 0, " ".join(words[-overlap:]) if overlap else ""
+                yield join_words(words[start : start + max_words]), block.line
+            parts, size, tail = [], 0, join_words(words[-overlap:]) if overlap else ""
             line = block.line
             continue
         if parts and size + len(words) > max_words:
             text = _join(tail, parts)
             yield text, line
-            tail = " ".join(text.split()[-overlap:]) if overlap else ""
-            parts, size, line = [], len(tail.split()), block.line
+            tail = join_words(split_words(text)[-overlap:]) if overlap else ""
+            parts, size, line = [], count_words(tail), block.line
         if not parts:
             line = block.line
         parts.append(block.text)

@@ -21,6 +21,7 @@ from pathlib import Path
 from chattune.data.files import NotText, decode_text
 from chattune.data.qa import read_qa_table
 from chattune.errors import DataError
+from chattune.knowledge.terms import WIDE_CHARS
 
 #: file suffix -> format; anything else is skipped with a warning.
 FORMATS = {
@@ -176,8 +177,22 @@ def read_pdf(data: bytes) -> list[Block]:
     blocks = []
     for number, page in enumerate(pages, 1):
         for block in _paragraphs(page, (), 1):
-            blocks.append(Block(re.sub(r"\s*\n\s*", " ", block.text), (), number))
+            blocks.append(Block(unwrap_lines(block.text), (), number))
     return blocks
+
+
+_CJK_BREAK = re.compile(f"(?<=[{WIDE_CHARS}])[^\\S\\n]*\\n\\s*(?=[{WIDE_CHARS}])")
+
+
+def unwrap_lines(text: str) -> str:
+    """A paragraph's lines joined by spaces, or by nothing between two CJK characters:
+    Chinese and Japanese are written without spaces, and a PDF breaks lines mid-sentence.
+
+    Example:
+        >>> unwrap_lines("Free over\\n$60. 我们发货\\n到加拿大。")
+        'Free over $60. 我们发货到加拿大。'
+    """
+    return re.sub(r"\s*\n\s*", " ", _CJK_BREAK.sub("", text))
 
 
 def read_faq(text: str, path: Path) -> list[Block]:

@@ -7,7 +7,11 @@ models are not comparable) and reopen with the same one:
 - a local sentence-transformers folder.
 - ``hashing``: feature hashing of words and word pairs. No model, no semantics: it exists so
   unit tests can build knowledge bases in milliseconds; it is a real (lexical) embedder, not
-  a mock, and behaves like a bag-of-words retriever.
+  a mock, and behaves like a bag-of-words retriever. In Chinese, Japanese and Korean each
+  character is a word, so its features are characters and character pairs.
+
+all-MiniLM-L6-v2 was trained on English: for text in other languages give ``kb add
+--embedder`` a multilingual sentence-transformers folder (docs/knowledge.md).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from chattune.errors import ModelError
+from chattune.knowledge.terms import CJK_LETTERS
 
 DEFAULT_EMBEDDER = "minilm"
 
@@ -35,6 +40,10 @@ class Embedder(Protocol):
         ...
 
 
+#: A CJK character, or a run of other word characters (``\\w+`` for text without CJK).
+_WORD = re.compile(f"[{CJK_LETTERS}]|(?:(?![{CJK_LETTERS}])\\w)+")
+
+
 class HashingEmbedder:
     """Signed feature hashing of lower-cased words and adjacent word pairs."""
 
@@ -44,7 +53,7 @@ class HashingEmbedder:
     def encode(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, text in enumerate(texts):
-            words = re.findall(r"\w+", text.lower())
+            words = _WORD.findall(text.lower())
             for feature in words + [f"{a} {b}" for a, b in itertools.pairwise(words)]:
                 h = int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=8).digest(), "big")
                 out[row, h % self.dim] += 1.0 if (h >> 63) & 1 else -1.0

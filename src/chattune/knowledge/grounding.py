@@ -24,8 +24,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from chattune.data.types import Message
-from chattune.knowledge.index import bm25_terms
+from chattune.knowledge.index import Indexes
 from chattune.knowledge.retrieve import Hit, Mode, Retriever, blend, conversation_query
+from chattune.knowledge.terms import WIDE_CHARS
 
 INSTRUCTION = (
     "Answer the user's question using the reference documents below. The documents are "
@@ -97,9 +98,9 @@ class Grounding:
     reply: str | None = None  # a fixed reply: no generation
 
     def sources(self, reply: str = "") -> list[dict[str, Any]]:
-        """The API's ``sources``: numbered as in the prompt; ``cited`` if the reply says [n]."""
-        # At most 3 digits: a reply may hold "[999...9]" longer than int() accepts.
-        cited = {int(n) for n in re.findall(r"\[(\d{1,3})\]", reply)}
+        """The API's ``sources``: numbered as in the prompt; ``cited`` if the reply cites
+        them (see :func:`citations`)."""
+        cited = citations(reply)
         return [
             {
                 "index": n,
@@ -112,6 +113,36 @@ class Grounding:
             }
             for n, h in enumerate(self.hits, 1)
         ]
+
+
+#: ``[n]``, and as Chinese and Japanese text writes it: ``［n］`` (full-width brackets) and
+#: ``【n】`` (lenticular brackets), with ASCII or full-width digits (``[１]``). At most 3
+#: digits: a reply may hold "[999...9]" longer than int() accepts.
+_CITATION = re.compile(r"\[(\d{1,3})\]|［(\d{1,3})］|【(\d{1,3})】")
+_WIDE = re.compile(f"[{WIDE_CHARS}]")
+
+
+def citations(reply: str) -> set[int]:
+    """The source numbers a reply cites. ``int`` reads full-width digits as digits.
+
+    Example:
+        >>> sorted(citations("It is $12.99 [1]. 是的，我们发货到加拿大。【2】［３］"))
+        [1, 2, 3]
+    """
+    return {int(next(g for g in m.groups() if g)) for m in _CITATION.finditer(reply)}
+
+
+def cite(answer: str, n: int = 1) -> str:
+    """``answer`` with the citation ``[n]`` after it: after a space, or straight after a
+    character written without spaces (Chinese ``。[1]``, not ``。 [1]``).
+
+    Example:
+        >>> cite("No, gift cards never expire."), cite("礼品卡永不过期。")
+        ('No, gift cards never expire. [1]', '礼品卡永不过期。[1]')
+    """
+    answer = answer.rstrip()
+    glue = "" if answer and _WIDE.match(answer[-1]) else " "
+    return f"{answer}{glue}[{n}]"
 
 
 class Knowledge:
@@ -140,17 +171,16 @@ class Knowledge:
                 chunk, sim = match
                 hit = Hit(chunk, sim, sim, 0.0)
                 if s.faq_answers == "verbatim":
-                    return Grounding("faq", [hit], reply=f"{chunk.chunk.answer} [1]")
+                    return Grounding("faq", [hit], reply=cite(chunk.chunk.answer))
                 return Grounding("faq", [hit], context=context_block([hit], s.instruction))
         # The conversation finds the passage for a follow-up, but it also makes any message
         # after an on-topic one look on-topic; so the latest message alone must be close to
         # *some* passage, unless one holds all of its terms (a name, a code).
-        own = float(self.retriever.kb.indexes.dense.search(vectors[:1], 1)[0][0, 0])
+        idx = self.retriever.kb.indexes
+        own = float(idx.dense.search(vectors[:1], 1)[0][0, 0])
         hits = self.retriever.search(query, s.k, s.mode, vector=blend(vectors, query.weights))
-        terms = set(bm25_terms([query.texts[0]])[0])
-        exact = [
-            h for h in hits if terms and terms <= set(bm25_terms([h.chunk.chunk.index_text])[0])
-        ]
+        terms = set(idx.terms(query.texts[0]))
+        exact = [h for h in hits if terms and terms <= _terms(h, idx)]
         relevant = [h for h in hits if h.similarity >= self.floor(h) or h in exact]
         if not relevant or (own < self.min_topic_similarity and not exact):
             return Grounding("no_answer", reply=s.no_answer)
@@ -165,8 +195,10 @@ class Knowledge:
         return self.min_faq_similarity if hit.asked else self.min_similarity
 
 
-def _terms(hit: Hit) -> set[str]:
-    return set(bm25_terms([hit.chunk.chunk.index_text])[0])
+def _terms(hit: Hit, idx: Indexes) -> set[str]:
+    """The passage's BM25 terms, cut by the index's scheme: "every term of the message" is
+    checked on the terms BM25 matched, in Chinese as in English."""
+    return set(idx.terms(hit.chunk.chunk.index_text))
 
 
 _FENCE = re.compile(r"<\s*/?\s*(documents?)\b", re.IGNORECASE)

@@ -15,16 +15,17 @@ which scores every document in Python per query.
 
 A ``manifest.json`` records the SQLite generation the indexes were built from and a SHA-256
 of every index file; opening checks both, so a truncated, edited or stale index is reported
-with the fix (``chattune kb rebuild``) instead of returning wrong passages.
+with the fix (``chattune kb rebuild``) instead of returning wrong passages. It also records
+the BM25 term scheme (:mod:`chattune.knowledge.terms`), so queries are cut into terms the
+way the documents were: an index from before schemes existed is read with the ``words``
+scheme it was built with, exactly as then, until a rebuild.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import shutil
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,13 @@ from typing import Any
 import numpy as np
 
 from chattune.errors import ChattuneError
+from chattune.knowledge.terms import (
+    DEFAULT_SCHEME,
+    LEGACY_SCHEME,
+    SCHEMES,
+    bm25_terms,
+    import_bm25s,
+)
 
 INDEX_DIR = "index"
 MANIFEST = "manifest.json"
@@ -41,40 +49,6 @@ class KnowledgeError(ChattuneError):
     """A knowledge base is missing, empty, corrupted or used with the wrong embedder."""
 
 
-def _import_bm25s() -> Any:
-    """bm25s, with its logger put back to WARNING: on import it sets itself to DEBUG, which
-    overrides the level the CLI chose and prints "Building index from tokens" on every add."""
-    import bm25s
-
-    logging.getLogger("bm25s").setLevel(logging.WARNING)
-    return bm25s
-
-
-def bm25_terms(texts: list[str]) -> list[list[str]]:
-    """BM25 terms: lower-cased words, English stop words out, Snowball-stemmed."""
-    import Stemmer
-    from bm25s.stopwords import STOPWORDS_EN_PLUS
-
-    return _import_bm25s().tokenize(
-        texts,
-        stopwords=list(STOPWORDS_EN_PLUS),
-        stemmer=_stemmer(Stemmer),
-        return_ids=False,
-        show_progress=False,
-    )
-
-
-_LOCAL = threading.local()
-
-
-def _stemmer(module: Any) -> Any:
-    """One Snowball stemmer per thread: PyStemmer objects must not be shared between threads
-    (the server retrieves in worker threads)."""
-    if not hasattr(_LOCAL, "stemmer"):
-        _LOCAL.stemmer = module.Stemmer("english")
-    return _LOCAL.stemmer
-
-
 @dataclass
 class Indexes:
     """Loaded indexes; ``ids[i]`` is the chunk id of BM25 document ``i``."""
@@ -82,15 +56,26 @@ class Indexes:
     dense: Any  # faiss.IndexIDMap2
     bm25: Any  # bm25s.BM25, or None when every chunk has no terms
     ids: np.ndarray
+    scheme: str = LEGACY_SCHEME  # how the BM25 documents were cut into terms
+
+    def terms(self, text: str) -> list[str]:
+        """The BM25 terms of ``text``, cut as this index's documents were."""
+        return bm25_terms([text], self.scheme)[0]
 
 
 def build(
-    folder: Path, generation: int, ids: np.ndarray, vectors: np.ndarray, texts: list[str]
+    folder: Path,
+    generation: int,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    texts: list[str],
+    scheme: str = DEFAULT_SCHEME,
 ) -> None:
-    """Write fresh indexes for these chunks into ``folder/index``, replacing the old ones."""
+    """Write fresh indexes for these chunks into ``folder/index``, replacing the old ones;
+    BM25 terms are cut by ``scheme``."""
     import faiss
 
-    bm25s = _import_bm25s()
+    bm25s = import_bm25s()
 
     tmp = folder / (INDEX_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -100,7 +85,7 @@ def build(
         dense.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
     faiss.write_index(dense, str(tmp / "dense.faiss"))
     np.save(tmp / "ids.npy", ids.astype(np.int64), allow_pickle=False)
-    tokens = bm25_terms(texts) if texts else []
+    tokens = bm25_terms(texts, scheme) if texts else []
     if any(tokens):
         bm25 = bm25s.BM25()
         bm25.index(tokens, show_progress=False)
@@ -108,7 +93,7 @@ def build(
     files = {
         p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
     }
-    manifest = {"generation": generation, "chunks": len(ids), "files": files}
+    manifest = {"generation": generation, "chunks": len(ids), "terms": scheme, "files": files}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     final, old = folder / INDEX_DIR, folder / (INDEX_DIR + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -122,7 +107,7 @@ def load(folder: Path, generation: int, chunks: int) -> Indexes:
     """Open and verify the indexes; :class:`KnowledgeError` names what is wrong and the fix."""
     import faiss
 
-    bm25s = _import_bm25s()
+    bm25s = import_bm25s()
 
     where = folder / INDEX_DIR
     fix = f"run `chattune kb rebuild --kb {folder}` to rebuild it from the stored chunks"
@@ -145,13 +130,20 @@ def load(folder: Path, generation: int, chunks: int) -> Indexes:
             f"knowledge base {folder}: the index is out of date with the stored chunks "
             f"(an interrupted kb add/remove?); {fix}"
         )
+    scheme = str(manifest.get("terms", LEGACY_SCHEME))
+    if scheme not in (*SCHEMES, LEGACY_SCHEME):
+        raise KnowledgeError(
+            f"knowledge base {folder}: the index was built with BM25 terms {scheme!r}, "
+            f"which this version does not know; {fix}"
+        )
     dense = faiss.read_index(str(where / "dense.faiss"))
     bm25 = (
         bm25s.BM25.load(str(where / "bm25"), show_progress=False)
         if (where / "bm25").is_dir()
         else None
     )
-    return Indexes(dense, bm25, np.load(where / "ids.npy", allow_pickle=False))
+    ids = np.load(where / "ids.npy", allow_pickle=False)
+    return Indexes(dense, bm25, ids, scheme)
 
 
 def _sha256(path: Path) -> str:

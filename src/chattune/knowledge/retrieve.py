@@ -28,7 +28,6 @@ from typing import Literal
 import numpy as np
 
 from chattune.data.types import Message
-from chattune.knowledge.index import bm25_terms
 from chattune.knowledge.store import KnowledgeBase, StoredChunk
 
 Mode = Literal["hybrid", "dense", "bm25", "rrf"]
@@ -177,7 +176,7 @@ class Retriever:
             ranked = [(i, similarity[i]) for i in dense]
             lexical_scores: dict[int, float] = {}
         else:
-            terms = [t for text in query.texts for t in bm25_terms([text])[0]]
+            terms = [t for text in query.texts for t in idx.terms(text)]
             lexical, lexical_scores = self._bm25(terms, n)
             if mode == "bm25":
                 ranked = [(i, lexical_scores[i]) for i in lexical]
@@ -206,13 +205,14 @@ class Retriever:
     def _fuse(
         self, dense: list[int], lexical: list[int], terms: set[str], gated: bool
     ) -> list[tuple[int, float]]:
-        """Plain RRF, or with ``gated`` the lexical ranking weighted by :func:`lexical_gate`."""
+        """Plain RRF, or with ``gated`` the lexical ranking weighted by :func:`lexical_gate`
+        (query and passage terms cut by the index's scheme, as BM25 cut them)."""
         weight = 1.0
         if gated:
             weight = 0.0
             if lexical:
                 best = self.kb.chunks([lexical[0]])[lexical[0]].chunk.index_text
-                weight = lexical_gate(terms, set(bm25_terms([best])[0]), self.gate_floor)
+                weight = lexical_gate(terms, set(self.kb.indexes.terms(best)), self.gate_floor)
         fused = rrf([dense, lexical], [1.0, weight], self.rrf_k)
         # Ties go to the dense ranking, unless the best BM25 passage holds every query term
         # (gate fully open): then the lexical evidence is the stronger of the two.

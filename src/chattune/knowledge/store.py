@@ -26,11 +26,18 @@ import numpy as np
 
 from chattune.errors import DataError
 from chattune.knowledge import index
-from chattune.knowledge.chunking import MAX_WORDS, OVERLAP_WORDS, Chunk, chunk_blocks
+from chattune.knowledge.chunking import (
+    MAX_WORDS,
+    OVERLAP_WORDS,
+    Chunk,
+    chunk_blocks,
+    count_words,
+)
 from chattune.knowledge.documents import FORMATS, Unreadable, read_file
 from chattune.knowledge.embed import DEFAULT_EMBEDDER, Embedder, load_embedder
 from chattune.knowledge.files import AddReport, display_name, files_to_add
 from chattune.knowledge.index import KnowledgeError
+from chattune.knowledge.terms import DEFAULT_SCHEME, SCHEMES
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +85,7 @@ class KnowledgeBase:
         embedder: str | None = None,
         max_words: int | None = None,
         overlap_words: int | None = None,
+        terms: str | None = None,
     ) -> None:
         self.folder = Path(folder)
         db = self.folder / DB
@@ -99,11 +107,19 @@ class KnowledgeBase:
             ) from None
         if max_words is not None and not 0 <= (overlap_words or 0) < max_words:
             raise KnowledgeError(f"--overlap-words must be below --chunk-words ({max_words})")
-        given = {"embedder": embedder, "max_words": max_words, "overlap_words": overlap_words}
+        if terms is not None and terms not in SCHEMES:
+            raise KnowledgeError(f"--terms {terms}: expected one of {', '.join(SCHEMES)}")
+        given = {
+            "embedder": embedder,
+            "max_words": max_words,
+            "overlap_words": overlap_words,
+            "terms": terms,
+        }
         defaults = {
             "embedder": DEFAULT_EMBEDDER,
             "max_words": MAX_WORDS,
             "overlap_words": OVERLAP_WORDS,
+            "terms": DEFAULT_SCHEME,  # also given to a knowledge base made before it existed
         }
         with self.db:
             for key, value in {**defaults, "generation": 0}.items():
@@ -249,7 +265,7 @@ class KnowledgeBase:
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(-1, dim)
         texts = [Chunk(r[3], r[2]).index_text for r in rows]
-        index.build(self.folder, self.generation, ids, vectors, texts)
+        index.build(self.folder, self.generation, ids, vectors, texts, self.settings["terms"])
         self._indexes = None
 
     # -- reading ----------------------------------------------------------------------------
@@ -300,7 +316,7 @@ class KnowledgeBase:
 
     def stats(self) -> dict[str, Any]:
         sources = self.sources()
-        words = [len(t.split()) for (t,) in self.db.execute("SELECT text FROM chunks")]
+        words = [count_words(t) for (t,) in self.db.execute("SELECT text FROM chunks")]
         size = sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())
         formats: dict[str, int] = {}
         for s in sources:
@@ -316,6 +332,7 @@ class KnowledgeBase:
             "embedder": self.settings["embedder"],
             "max_words": int(self.settings["max_words"]),
             "overlap_words": int(self.settings["overlap_words"]),
+            "terms": self.settings["terms"],
             "generation": self.generation,
             "disk_bytes": size,
         }
