@@ -64,6 +64,7 @@ class Request:
     n_generated: int = 0
     n_prefilled: int = 0  # prompt tokens that were not in the slot's cache
     tail: str = ""  # the end of the reply, to find stop strings across pieces
+    # bytes to text: holds a character's first bytes back until its last arrive
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
 
 
@@ -354,9 +355,9 @@ class Worker:
         """End the slot's request; its cache stays for the next request to reuse."""
         request = slot.request
         assert request is not None
-        rest = request.decoder.decode(b"", final=True)
-        if rest and reason != "cancelled":
-            self.pieces.append([request.id, rest])
+        # What the decoder still holds is the start of a character the reply never finished
+        # (max_tokens came first): flushing it would only send U+FFFD, so it is dropped, as
+        # in transformers (``chattune.model.generation.drop_cut_character``).
         L.llama_sampler_free(request.sampler)
         slot.request, slot.used = None, time.monotonic()
         if reason not in ("cancelled", "error"):

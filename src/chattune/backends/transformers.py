@@ -19,6 +19,7 @@ from chattune.model.generation import (
     Generated,
     GenerationOptions,
     decoding_kwargs,
+    drop_cut_character,
     end_of_turn_ids,
 )
 
@@ -55,12 +56,19 @@ class TransformersBackend:
 
         class Streamer(TextIteratorStreamer):
             """Drops the end-of-turn token itself: it ends the reply, but is not always a
-            special token that ``skip_special_tokens`` would hide."""
+            special token that ``skip_special_tokens`` would hide. And drops a character
+            cut off at the reply's end: the streamer holds a character's first bytes back
+            until its last arrive, but ``end()`` flushes what it holds, whole or not."""
 
             def put(inner, value: Any) -> None:
                 if not inner.next_tokens_are_prompt and int(value.reshape(-1)[-1]) in ends:
                     return
                 super().put(value)
+
+            def on_finalized_text(inner, text: str, stream_end: bool = False) -> None:
+                if stream_end:  # no byte follows: an incomplete character stays incomplete
+                    text = drop_cut_character(text)
+                super().on_finalized_text(text, stream_end)
 
         ends = set(self.end_ids)
         streamer = Streamer(
@@ -105,7 +113,7 @@ class TransformersBackend:
         for row in out[:, width:].tolist():
             end = next((i for i, t in enumerate(row) if t in self.end_ids), None)
             new = row if end is None else row[:end]
-            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            text = drop_cut_character(self.tokenizer.decode(new, skip_special_tokens=True))
             results.append(Generated(text, end is not None, len(new)))
         return results
 

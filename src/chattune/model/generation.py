@@ -91,6 +91,22 @@ def decoding_kwargs(options: GenerationOptions) -> dict[str, Any]:
     }
 
 
+def drop_cut_character(text: str) -> str:
+    """``text`` without the U+FFFD its end decodes to when a reply stops inside a character.
+
+    Byte-level tokens can hold part of a character (``"我"`` is two of SmolLM2's tokens, an
+    emoji often three): a reply that ``max_new_tokens`` ends after some of them decodes that
+    incomplete character as U+FFFD (one, or one per byte with byte-fallback tokenizers).
+    A stream holds such bytes back until the character is whole, and drops them if it never
+    is; a batched reply drops them here: both end with the last whole character.
+
+    Example:
+        >>> drop_cut_character("是的，\ufffd")
+        '是的，'
+    """
+    return text.rstrip("\ufffd")
+
+
 def end_of_turn_ids(tokenizer: Any, eos: int | list[int] | None = None) -> list[int]:
     """Every id that ends a reply: ``eos`` (a generation config's EOS id or list), the
     tokenizer's EOS, and the token the chat template puts after an assistant turn.
