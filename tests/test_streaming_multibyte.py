@@ -230,3 +230,38 @@ def test_a_stop_string_split_across_remote_deltas_is_never_shown(tokenizer) -> N
         assert engine.generate([HELLO])[0].text == "是的，我们到加拿大。😀"
         assert ChatEngine(backend, BotProfile(stop=["。"])).reply(HELLO) == "是的，我们到加拿大"
         backend.close()
+
+
+JA_KO = [
+    "ありがとうございます。またどうぞ。",
+    "はい、カナダへ発送します！",
+    "네, 캐나다로 배송합니다.",
+]
+
+
+@pytest.mark.parametrize("text", JA_KO, ids=["kana", "kana-and-han", "hangul"])
+def test_kana_and_hangul_stream_as_they_come_not_at_the_end(smollm2_tokenizer_dir, text) -> None:
+    """TextIteratorStreamer releases text at spaces, newlines and ideographs only: an
+    all-kana reply would wait whole until its end. Every piece must still be whole
+    characters, and the pieces must start arriving before the last token."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from chattune.backends.transformers import reply_streamer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    streamer = reply_streamer(tokenizer, [], timeout=5)
+    streamer.put(torch.tensor([[1]]))  # the prompt, skipped
+    before_end = []
+    for token in ids[:-1]:
+        streamer.put(torch.tensor([token]))
+        while not streamer.text_queue.empty():
+            before_end.append(streamer.text_queue.get_nowait())
+    streamer.put(torch.tensor([ids[-1]]))
+    streamer.end()
+    pieces = [*before_end, *streamer]
+    assert "".join(pieces) == text
+    whole_characters([p for p in pieces if p])
+    released = "".join(before_end)
+    assert len(released) >= len(text) // 2, released  # not held back until the end

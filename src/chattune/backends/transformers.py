@@ -26,6 +26,50 @@ from chattune.model.generation import (
 log = logging.getLogger(__name__)
 
 
+def _releases_text(cp: int) -> bool:
+    """Whether a decoded text may be streamed up to a character ``cp`` ending it: an
+    ideograph (TextIteratorStreamer's own rule), or kana, Hangul, CJK or full-width
+    punctuation. Those scripts have no spaces to wait for, so without them an all-kana
+    Japanese reply would arrive in one piece at its end. A character still missing bytes
+    decodes as U+FFFD, which is none of these, so it is always held back."""
+    return (
+        0x3000 <= cp <= 0x30FF  # CJK punctuation, hiragana, katakana
+        or 0x31F0 <= cp <= 0x31FF  # katakana extensions
+        or 0xAC00 <= cp <= 0xD7AF  # Hangul syllables
+        or 0x1100 <= cp <= 0x11FF  # Hangul jamo
+        or 0xFF01 <= cp <= 0xFF9F  # full-width forms, half-width katakana
+    )
+
+
+def reply_streamer(tokenizer: Any, ends: set[int] | list[int], timeout: float) -> Any:
+    """A ``TextIteratorStreamer`` for one reply (see :class:`ReplyStreamer` inside)."""
+    from transformers import TextIteratorStreamer
+
+    end_ids = set(ends)
+
+    class ReplyStreamer(TextIteratorStreamer):
+        """Drops the end-of-turn token itself: it ends the reply, but is not always a
+        special token that ``skip_special_tokens`` would hide. Drops a character cut off at
+        the reply's end: the streamer holds a character's first bytes back until its last
+        arrive, but ``end()`` flushes what it holds, whole or not. And releases text at
+        kana and CJK punctuation as it does at ideographs (:func:`_releases_text`)."""
+
+        def put(self, value: Any) -> None:
+            if not self.next_tokens_are_prompt and int(value.reshape(-1)[-1]) in end_ids:
+                return
+            super().put(value)
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if stream_end:  # no byte follows: an incomplete character stays incomplete
+                text = drop_cut_character(text)
+            super().on_finalized_text(text, stream_end)
+
+        def _is_chinese_char(self, cp: int) -> bool:
+            return super()._is_chinese_char(cp) or _releases_text(cp)
+
+    return ReplyStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout)
+
+
 class TransformersBackend:
     """Generate with ``model.generate``; every failure ends the stream and reaches the caller.
 
@@ -52,28 +96,7 @@ class TransformersBackend:
         stop: list[str],
         cancel: threading.Event,
     ) -> Iterator[str]:
-        from transformers import TextIteratorStreamer
-
-        class Streamer(TextIteratorStreamer):
-            """Drops the end-of-turn token itself: it ends the reply, but is not always a
-            special token that ``skip_special_tokens`` would hide. And drops a character
-            cut off at the reply's end: the streamer holds a character's first bytes back
-            until its last arrive, but ``end()`` flushes what it holds, whole or not."""
-
-            def put(inner, value: Any) -> None:
-                if not inner.next_tokens_are_prompt and int(value.reshape(-1)[-1]) in ends:
-                    return
-                super().put(value)
-
-            def on_finalized_text(inner, text: str, stream_end: bool = False) -> None:
-                if stream_end:  # no byte follows: an incomplete character stays incomplete
-                    text = drop_cut_character(text)
-                super().on_finalized_text(text, stream_end)
-
-        ends = set(self.end_ids)
-        streamer = Streamer(
-            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=self.token_timeout
-        )
+        streamer = reply_streamer(self.tokenizer, self.end_ids, self.token_timeout)
         errors: list[BaseException] = []
 
         def work() -> None:
