@@ -149,3 +149,25 @@ def test_the_readme_commands_parse_and_validate(monkeypatch) -> None:
     train = next(parse(argv)[1] for argv in commands if argv[0] == "train")
     assert train.model.base == "/models/Qwen2.5-1.5B-Instruct"
     assert train.data.train == ["examples/support-zh/train.jsonl"]
+
+
+def test_replies_to_the_validation_turns_are_scored_in_chinese() -> None:
+    """The example's references are detected as Chinese and scored with sacrebleu's ``zh``
+    tokenizer: replies that each lost their last sentence get sacrebleu's own corpus BLEU,
+    and character-level F1 below 100 but far above 0 (whitespace words would give 0)."""
+    import sacrebleu
+
+    from chattune.evaluate.examples import turn_examples
+    from chattune.evaluate.scoring import aggregate, make_records
+
+    examples = turn_examples(read_many([str(ZH / "val.jsonl")]))
+    refs = [e.reference for e in examples]
+    replies = [re.split(r"(?<=[。！？])", r.strip())[0] for r in refs]  # the first sentence
+    assert any(a != b for a, b in zip(replies, refs, strict=True))
+    records = make_records(list(range(len(refs))), refs, replies, [True] * len(refs),
+                           [(1.0, 1)] * len(refs))  # fmt: skip
+    scores = aggregate(records)
+    assert scores["bleu"] == pytest.approx(
+        sacrebleu.corpus_bleu(replies, [refs], tokenize="zh").score, abs=1e-9
+    )
+    assert 30 < scores["f1"] < 100 and 0 < scores["distinct_2"] <= 1
