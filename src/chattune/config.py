@@ -95,6 +95,34 @@ class DataConfig(Section):
         description="a Jinja chat template (inline, or the path of a .jinja file) to use "
         "instead of the tokenizer's: for models with none, or one that is not prefix-stable",
     )
+    kb: str | None = Field(
+        None,
+        description="knowledge base folder (chattune kb add): train each assistant turn on "
+        "the grounded prompt the chat engine builds with it (docs/training.md)",
+    )
+    kb_profile: str | None = Field(
+        None,
+        description="with data.kb: the bot profile YAML serving uses (system prompt, few-shot "
+        "examples, knowledge settings); unset: the default profile",
+    )
+    kb_distractors: int | None = Field(
+        None,
+        ge=0,
+        description="with data.kb: retrieved non-gold passages kept beside the gold one; "
+        "unset: as many as the profile's knowledge.k leaves (k - 1)",
+    )
+    kb_no_gold_share: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="with data.kb: share of the turns with a known source trained with the "
+        "gold passage removed and the profile's no_answer reply as the target",
+    )
+    kb_cite: bool = Field(
+        True,
+        description="with data.kb: add the gold passage's citation [n] to replies that "
+        "name their source and cite nothing",
+    )
 
     @model_validator(mode="after")
     def _one_validation_source(self) -> DataConfig:
@@ -102,6 +130,19 @@ class DataConfig(Section):
             raise FieldProblem(
                 "val_split", "give either data.val (--val-data) or data.val_split, not both"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _kb_options(self) -> DataConfig:
+        # Values, not model_fields_set: a saved config.yaml spells out every default.
+        fields = type(self).model_fields
+        given = [f for f in fields if f.startswith("kb_") and getattr(self, f) != fields[f].default]
+        if self.kb is None and given:
+            raise FieldProblem(given[0], "needs data.kb (--kb DIR)")
+        if self.kb is not None and self.objective != "chat":
+            raise FieldProblem("kb", "grounded fine-tuning trains replies: data.objective=chat")
+        if self.kb is not None and self.mask is MaskPolicy.ALL:
+            raise FieldProblem("mask", "with data.kb the loss is on each reply: assistant or last")
         return self
 
 

@@ -119,11 +119,7 @@ class ChatEngine:
         Content from the caller and from documents cannot produce control tokens
         (:func:`~chattune.data.render.neutralise_control_tokens`).
         """
-        sys_msg = self.profile.system_message(system)
-        if grounding and grounding.context:
-            text = f"{sys_msg.content}\n\n{grounding.context}" if sys_msg else grounding.context
-            sys_msg = Message("system", text)
-        head = ([sys_msg] if sys_msg else []) + self.profile.example_messages()
+        head = self.profile.prompt_head(system, grounding.context if grounding else None)
         head = neutralise_messages(self.tokenizer, head)
         turns = neutralise_messages(self.tokenizer, history)
         budget = self.backend.context_window - options.max_new_tokens

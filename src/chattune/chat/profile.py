@@ -68,6 +68,17 @@ class BotProfile(BaseModel):
             out += [Message("user", ex.user), Message("assistant", ex.assistant)]
         return out
 
+    def prompt_head(self, system: str | None = None, context: str | None = None) -> list[Message]:
+        """What every prompt starts with: the system turn, with a knowledge ``context`` block
+        after it, then the few-shot examples. Serving (``ChatEngine.build_prompt``) and
+        grounded training (:mod:`chattune.chat.grounded_training`) both build it here, so a
+        model is trained on the very prompt it is served."""
+        sys_msg = self.system_message(system)
+        if context:
+            text = f"{sys_msg.content}\n\n{context}" if sys_msg else context
+            sys_msg = Message("system", text)
+        return ([sys_msg] if sys_msg else []) + self.example_messages()
+
 
 def load_profile(path: str | Path | None) -> BotProfile:
     """Read a profile YAML file; no path gives the default (empty) profile.

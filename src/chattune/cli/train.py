@@ -1,4 +1,9 @@
-"""``chattune train``: fine-tune a base model (config: :class:`chattune.config.RunConfig`)."""
+"""``chattune train``: fine-tune a base model (config: :class:`chattune.config.RunConfig`).
+
+With ``--kb DIR`` (grounded fine-tuning, :mod:`chattune.data.grounded`) this command hands
+training a :class:`~chattune.chat.grounded_training.KbGrounder`: the chat engine's grounding
+step and prompt head, which training (below the chat layer) cannot import itself.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ TRAIN_FLAGS: dict[str, str] = {
     "--objective": "data.objective",
     "--max-len": "data.max_len",
     "--mask": "data.mask",
+    "--kb": "data.kb",
     "--base": "model.base",
     "--method": "adapter.method",
     "--output": "train.output",
@@ -48,13 +54,19 @@ TRAIN_FLAGS: dict[str, str] = {
 
 
 def cmd_train(cfg: TrainRun) -> int:
-    """Fine-tune a base model on conversations (or raw text with --objective lm)."""
+    """Fine-tune a base model on conversations (or raw text with --objective lm); with --kb,
+    each reply on the grounded prompt the chat engine builds with that knowledge base."""
+    from chattune.chat.grounded_training import kb_grounder
     from chattune.evaluate.during_training import eval_generate_callback
     from chattune.model.loading import quiet_transformers
-    from chattune.train import TrainHooks, run_train
+    from chattune.train import TrainHooks
+    from chattune.train.loop import fit
+    from chattune.train.setup import build_run
 
     quiet_transformers()
-    summary = run_train(cfg, TrainHooks(on_evaluate=eval_generate_callback(cfg)))
+    grounder = kb_grounder(cfg)
+    hooks = TrainHooks(on_evaluate=eval_generate_callback(cfg))
+    summary = fit(build_run(cfg, hooks, grounder))
     print(f"done: {cfg.train.output}")
     for key, value in summary.items():
         print(f"  {key}: {value}")

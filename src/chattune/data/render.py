@@ -16,6 +16,7 @@ replacement, so serving renders with it too.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import re
 import weakref
@@ -159,7 +160,12 @@ def tokenize(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _encode(tokenizer: Any, messages: list[Message], mask: MaskPolicy, where: str) -> Encoded:
+def encode_messages(
+    tokenizer: Any, messages: list[Message], mask: MaskPolicy, where: str
+) -> Encoded:
+    """``messages`` rendered and tokenized, labelled on the turns ``mask`` trains; a
+    :class:`DataError` naming ``where`` if the template is not prefix-stable. No trimming
+    (see :func:`encode_conversation`) and no neutralising: the caller's."""
     ids = tokenize(tokenizer, render(tokenizer, messages))
     if mask is MaskPolicy.ALL:
         return Encoded(ids, list(ids))
@@ -207,7 +213,7 @@ def encode_conversation(
     head = messages[:1] if messages[0].role == "system" else []  # the system turn stays
 
     def build(kept: list[Message]) -> tuple[float, Encoded]:
-        enc = _encode(tokenizer, kept, mask, conversation.source)
+        enc = encode_messages(tokenizer, kept, mask, conversation.source)
         return (len(enc.input_ids) if enc.n_trained > 0 else float("inf")), enc
 
     found = keep_newest(tokenizer, head, messages[len(head) :], max_len, build)
@@ -318,8 +324,11 @@ def _control_pattern(tokenizer: Any) -> re.Pattern[str] | None:
 
 def neutralise_messages(tokenizer: Any, messages: list[Message]) -> list[Message]:
     """Every message's content through :func:`neutralise_control_tokens` (training and the
-    chat engine both build prompts from these)."""
-    return [Message(m.role, neutralise_control_tokens(tokenizer, m.content)) for m in messages]
+    chat engine both build prompts from these); a turn's other fields are kept."""
+    return [
+        dataclasses.replace(m, content=neutralise_control_tokens(tokenizer, m.content))
+        for m in messages
+    ]
 
 
 def neutralise_control_tokens(tokenizer: Any, text: str) -> str:

@@ -54,8 +54,56 @@ def to_messages(
         if not isinstance(content, str):
             problems.append(f"turn {i}: content must be a string, got {type(content).__name__}")
             continue
-        messages.append(Message(ROLE_ALIASES[role.lower()], content))  # type: ignore[arg-type]
+        role = ROLE_ALIASES[role.lower()]
+        sources, faq_ids, found = gold_keys(turn, role)
+        problems += [f"turn {i}: {p}" for p in found]
+        messages.append(Message(role, content, sources, faq_ids))  # type: ignore[arg-type]
     return messages, problems
+
+
+#: The keys of an assistant turn that say where its answer comes from, as ``kb eval``'s
+#: question files name them (see :mod:`chattune.knowledge.retrieval_eval`).
+GOLD_KEYS = ("source", "faq_id")
+
+
+Names = tuple[str, ...]
+
+
+def gold_keys(turn: dict[str, Any], role: str) -> tuple[Names, Names, list[str]]:
+    """(sources, FAQ ids, problems) from a raw turn's optional ``source`` and ``faq_id``.
+
+    Each may be a string or a list of strings; only an assistant turn has an answer to
+    trace, so either key on another role is a problem.
+
+    Example:
+        >>> gold_keys({"faq_id": ["returns-window"], "source": "returns.md"}, "assistant")
+        (('returns.md',), ('returns-window',), [])
+        >>> gold_keys({"faq_id": 7}, "assistant")[2]
+        ["'faq_id' must be a non-empty string or a list of them, got int"]
+    """
+    found: dict[str, Names] = {}
+    problems: list[str] = []
+    for key in GOLD_KEYS:
+        if turn.get(key) is None:
+            found[key] = ()
+            continue
+        if role != "assistant":
+            problems.append(f"'{key}' belongs on the assistant turn that gives the answer")
+            found[key] = ()
+            continue
+        value = turn[key]
+        names = [value] if isinstance(value, str) else value
+        if (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(n, str) and n.strip() for n in names)
+        ):
+            problems.append(
+                f"'{key}' must be a non-empty string or a list of them, got {type(value).__name__}"
+            )
+            names = []
+        found[key] = tuple(n.strip() for n in names)
+    return found["source"], found["faq_id"], problems
 
 
 def validate_messages(messages: list[Message]) -> list[str]:

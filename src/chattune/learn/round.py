@@ -315,6 +315,16 @@ def candidate_config(
     return RunConfig(model=model, data=data, adapter=cfg.adapter, train=train)
 
 
+def train_candidate(cfg: RunConfig) -> dict[str, Any]:
+    """Train a round's candidate; a version trained with a knowledge base (``data.kb``) goes
+    on training on the grounded prompts serving builds (docs/training.md)."""
+    from chattune.chat.grounded_training import kb_grounder
+    from chattune.train.loop import fit
+    from chattune.train.setup import build_run
+
+    return fit(build_run(cfg, None, kb_grounder(cfg)))
+
+
 # ----- evaluate and gate --------------------------------------------------------------------
 
 #: ``evaluate(model_dir, sets) -> {set: metrics}``; injectable so the gate is testable alone.
@@ -438,8 +448,6 @@ def run_round(
     Raises:
         NotEnoughData: fewer than ``min_new`` new conversations.
     """
-    from chattune.train.loop import run_train
-
     current = bot.require_current()
     settings = settings.model_copy(
         update={"retire": retired_patterns(bot, current, settings.retire)}
@@ -459,7 +467,7 @@ def run_round(
     candidate = bot.claim()
     try:
         result = _learn(bot, current, candidate, data, replay, lineage, settings, sources,
-                        profile, evaluator, train or run_train)  # fmt: skip
+                        profile, evaluator, train or train_candidate)  # fmt: skip
     except BaseException:  # a failed round leaves no half-made version behind
         shutil.rmtree(candidate.path, ignore_errors=True)
         raise

@@ -27,7 +27,8 @@ from chattune.data.dataset import (
     read_splits,
     require_trainable,
 )
-from chattune.data.render import Encoded, apply_chat_template_override
+from chattune.data.grounded import GroundedOptions, Grounder, encode_grounded, require_known_gold
+from chattune.data.render import Encoded, MaskPolicy, apply_chat_template_override
 from chattune.errors import ConfigError
 from chattune.model.adapters import Prepared, prepare, resume_adapter
 from chattune.model.loading import load_base
@@ -121,8 +122,11 @@ def read_items(cfg: RunConfig) -> tuple[list[Any], list[Any]]:
     return read_splits(d.train, d.val, d.format, d.objective, d.val_split, cfg.train.seed)
 
 
-def encode(cfg: RunConfig, items: list[Any], tokenizer: Any) -> tuple[list[Encoded], EncodeReport]:
-    """Conversations through the chat template, or documents packed into blocks (``lm``)."""
+def encode(
+    cfg: RunConfig, items: list[Any], tokenizer: Any, grounder: Grounder | None = None
+) -> tuple[list[Encoded], EncodeReport]:
+    """Conversations through the chat template (each assistant turn on its grounded prompt
+    with a ``grounder``), or documents packed into blocks (``lm``)."""
     d = cfg.data
     if d.objective == "lm":
         return encode_documents(items, tokenizer, d.block_size)
@@ -130,15 +134,43 @@ def encode(cfg: RunConfig, items: list[Any], tokenizer: Any) -> tuple[list[Encod
         from chattune.data.preference import encode_pairs
 
         return encode_pairs(items, tokenizer, d.max_len)  # type: ignore[return-value]
+    if grounder is not None:
+        return encode_grounded(items, tokenizer, d.max_len, grounder, grounded_options(cfg))
     return encode_conversations(items, tokenizer, d.max_len, d.mask)
 
 
-def build_data(cfg: RunConfig, tokenizer: Any) -> Data:
+def grounded_options(cfg: RunConfig) -> GroundedOptions:
+    """The ``data.kb_*`` settings, seeded by ``train.seed``."""
+    d = cfg.data
+    return GroundedOptions(
+        distractors=d.kb_distractors,
+        no_gold_share=d.kb_no_gold_share,
+        cite=d.kb_cite,
+        seed=cfg.train.seed,
+        last_only=d.mask is MaskPolicy.LAST,
+    )
+
+
+def check_grounding(cfg: RunConfig, grounder: Grounder | None, items: list[Any]) -> None:
+    """A ``data.kb`` run needs the grounder ``chattune train`` builds (the knowledge base and
+    the chat engine sit above training), and data whose sources that knowledge base has."""
+    if cfg.data.kb is None:
+        return
+    if grounder is None:
+        raise ConfigError(
+            "data.kb (--kb): grounded fine-tuning needs the chat engine's grounding step, "
+            "which `chattune train --kb DIR` hands in (build_run(cfg, hooks, grounder))"
+        )
+    require_known_gold(items, grounder)
+
+
+def build_data(cfg: RunConfig, tokenizer: Any, grounder: Grounder | None = None) -> Data:
     """Read, validate and encode the train and validation sets; say what was cut."""
     items, val_items = read_items(cfg)
-    train, train_report = encode(cfg, items, tokenizer)
+    check_grounding(cfg, grounder, [*items, *val_items])
+    train, train_report = encode(cfg, items, tokenizer, grounder)
     require_trainable(train, train_report, ", ".join(cfg.data.train), cfg.data.max_len)
-    val, val_report = encode(cfg, val_items, tokenizer) if val_items else ([], None)
+    val, val_report = encode(cfg, val_items, tokenizer, grounder) if val_items else ([], None)
     if train_report.truncated or train_report.dropped:
         log.warning(
             "max_len %d: %d conversations lost their oldest turns, %d did not fit at all",
@@ -288,8 +320,13 @@ def check_before_loading(cfg: RunConfig) -> None:
     require_trackers(cfg.train.report_to)
 
 
-def build_run(cfg: RunConfig, hooks: TrainHooks | None = None) -> Run:
-    """Everything the loop needs: model with its method applied, data, optimizer, schedule."""
+def build_run(
+    cfg: RunConfig, hooks: TrainHooks | None = None, grounder: Grounder | None = None
+) -> Run:
+    """Everything the loop needs: model with its method applied, data, optimizer, schedule.
+
+    ``grounder`` (for ``data.kb``) retrieves passages and renders the engine's prompt head;
+    ``chattune train --kb`` builds it, as the knowledge base sits above training."""
     hooks = hooks or TrainHooks()
     if cfg.train.eval_generate and hooks.on_evaluate is None:
         log.warning(
@@ -304,7 +341,7 @@ def build_run(cfg: RunConfig, hooks: TrainHooks | None = None) -> Run:
             cfg.model.base, cfg.model.attn_implementation, cfg.model.trust_remote_code
         )
     apply_chat_template_override(tokenizer, cfg.data.chat_template)  # saved with the output
-    data = build_data(cfg, tokenizer)
+    data = build_data(cfg, tokenizer, grounder)
     cfg = resolve_defaults(cfg, len(data.train), accelerator.num_processes, bool(data.val))
     total = count_steps(cfg, len(data.train), accelerator.num_processes)
     prepared = build_model(cfg, model, total)
