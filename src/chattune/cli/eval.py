@@ -15,6 +15,7 @@ from chattune.cli.common import (
     GenerationOverrides,
     backend_field,
     engine_for,
+    knowledge,
     load_bot,
     model_field,
 )
@@ -39,7 +40,15 @@ class EvalConfig(Section):
     ratings: str | None = Field(
         None, description="summarise a ratings file from `chattune rate` instead"
     )
-    max_examples: int | None = Field(None, ge=1, description="at most this many assistant turns")
+    max_examples: int | None = Field(
+        None, ge=1, description="at most this many assistant turns (and questions)"
+    )
+    kb: str | None = Field(
+        None,
+        description="answer from this knowledge base folder, as chat --kb does; --data may "
+        "then be question files (question, faq_id/source, facts), scored for fact accuracy, "
+        "citations and don't-know",
+    )
     max_len: int = Field(1024, ge=8, description="tokens per example for perplexity")
     batch_size: int = Field(8, ge=1)
     bootstrap: int = Field(1000, ge=0, description="resamples for the 95% interval")
@@ -74,7 +83,9 @@ class RateConfig(Section):
 
 def cmd_eval(cfg: EvalConfig) -> int:
     """Score a model on test conversations (perplexity, BLEU, ROUGE, F1, distinct-n, ...),
-    optionally against a second model with bootstrap intervals; or summarise --ratings."""
+    optionally against a second model with bootstrap intervals; or summarise --ratings.
+    With --kb, replies are grounded in the knowledge base, and question files score fact
+    accuracy, citation precision/recall and the don't-know rate (docs/evaluation.md)."""
     if cfg.ratings:
         from chattune.evaluate.ratings import format_summary, summarize_ratings
 
@@ -85,6 +96,7 @@ def cmd_eval(cfg: EvalConfig) -> int:
     from chattune.model.loading import quiet_transformers
 
     quiet_transformers()
+    profile = load_bot(cfg.bot, cfg.generation)
     settings = EvalSettings(
         model=cfg.model,
         data=cfg.data,
@@ -93,9 +105,10 @@ def cmd_eval(cfg: EvalConfig) -> int:
         max_len=cfg.max_len,
         batch_size=cfg.batch_size,
         bootstrap=cfg.bootstrap,
-        profile=load_bot(cfg.bot, cfg.generation),
+        profile=profile,
         backend=cfg.backend,
         lang=cfg.lang,
+        knowledge=knowledge(cfg.kb, profile),  # opened now: a bad --kb fails in a second
     )
     result = evaluate_models(settings)
     print(format_table(result))
@@ -131,6 +144,7 @@ EVAL = Command(
         "--model": "model",
         "--compare": "compare",
         "--data": "data",
+        "--kb": "kb",
         "--ratings": "ratings",
         "--max-examples": "max_examples",
         "--max-len": "max_len",

@@ -2,7 +2,9 @@
 
 The page holds the metric table, the training curves from the model folder's
 ``metrics.jsonl`` when it has one, bar charts of the main metrics, and a sample of
-conversations with the reference and each model's reply side by side.
+conversations with the reference and each model's reply side by side. With a knowledge base
+(``eval --kb``) it adds the grounded rates and questions answered side by side, the ones the
+models disagree on first, each reply with its cited sources and the facts it stated.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from chattune.evaluate.grounded import GROUNDED_KEYS
 from chattune.evaluate.scoring import METRIC_KEYS
 from chattune.runs import read_metrics
 
@@ -77,7 +80,7 @@ def _table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     cmp = result.get("compare")
     header = ["metric", result["model"], *([cmp["model"], "delta", "95% CI"] if cmp else [])]
     rows = []
-    for key in METRIC_KEYS:
+    for key in METRIC_KEYS if result["metrics"] is not None else ():
         row = [key, f"{result['metrics'][key]:.3f}"]
         if cmp:
             d = cmp["delta"][key]
@@ -108,17 +111,84 @@ def _samples(result: dict[str, Any], n: int) -> list[dict[str, Any]]:
     return out
 
 
+_LEGEND = "+ a fact found, - a fact missed; * a gold source (it holds the answer)."
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def grounded_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The grounded rates as a table: one row per rate, the models, delta and 95% CI."""
+    block, cmp = result["grounded"], result.get("compare", {}).get("grounded")
+    header = ["rate", result["model"]]
+    header += [result["compare"]["model"], "delta", "95% CI"] if cmp else []
+    rows = []
+    for key in GROUNDED_KEYS:
+        row = [key, _rate(block["metrics"][key])]
+        if cmp:
+            d = cmp["delta"][key]
+            ci = d["ci95"]
+            delta = "-" if d["delta"] is None else f"{d['delta']:+.3f}"
+            row += [
+                _rate(cmp["metrics"][key]),
+                delta,
+                f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "-",
+            ]
+        rows.append(row)
+    return header, rows
+
+
+def _verdict(record: dict[str, Any]) -> str:
+    """One line on a grounded reply: facts found, citations, don't-know."""
+    facts = [f"{'+' if f['matched'] else '-'}{f['fact'][0]}" for f in record["facts"]]
+    cited = [f"[{n}]" + ("*" if _is_gold(record, n) else "") for n in record["cited"]]
+    parts = [
+        f"facts {' '.join(facts)}" if facts else "",
+        f"cites {' '.join(cited)}" if cited else "",
+    ]
+    parts.append(f"declined ({record['declined']})" if record["declined"] else "")
+    return "; ".join(p for p in parts if p) or "no fact, no citation"
+
+
+def _is_gold(record: dict[str, Any], n: int) -> bool:
+    return any(s["index"] == n and s["gold"] for s in record["sources"])
+
+
+def grounded_samples(result: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """Up to ``n`` questions with each model's reply, the ones where the models' facts or
+    don't-knows differ first (then file order): the examples a reader learns most from."""
+    mine = result["grounded"].get("per_example", [])
+    theirs = result.get("compare", {}).get("grounded", {}).get("per_example") or [None] * len(mine)
+
+    def differ(pair: tuple[dict[str, Any], dict[str, Any] | None]) -> bool:
+        a, b = pair
+        return b is not None and (a["fact_hit"], a["declined"]) != (b["fact_hit"], b["declined"])
+
+    pairs = sorted(zip(mine, theirs, strict=True), key=lambda p: not differ(p))
+    return [{"id": a["id"], "question": a["question"], "a": a, "b": b} for a, b in pairs[:n]]
+
+
+def _sources_line(record: dict[str, Any]) -> str:
+    """The sources shown with a reply, gold ones starred: ``[1]* returns.md, Returns``."""
+    shown = [f"[{s['index']}]{'*' if s['gold'] else ''} {s['source']}, {s['location']}"
+             for s in record["sources"]]  # fmt: skip
+    return "; ".join(shown) or f"none ({record['route']})"
+
+
 def write_report(result: dict[str, Any], path: str | Path, samples: int = 8) -> list[Path]:
     """Write ``path`` (HTML) and the same report as Markdown beside it; return the files."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = {"metrics": metric_bars(result)}
+    images = {"metrics": metric_bars(result)} if result["metrics"] is not None else {}
     for name in [result["model"], result.get("compare", {}).get("model")]:
         if name and (curve := training_curve(name)) is not None:
             images[f"training {name}"] = curve
     header, rows = _table_rows(result)
+    grounded = grounded_samples(result, samples) if "grounded" in result else []
     written = [path]
-    path.write_text(_html(result, header, rows, images, _samples(result, samples)))
+    page = _html(result, header, rows, images, _samples(result, samples))
+    path.write_text(page.replace("</body>", _grounded_html(result, grounded) + "</body>"))
     md = path.with_suffix(".md")
     written.append(md)
     image_files = []
@@ -127,9 +197,8 @@ def write_report(result: dict[str, Any], path: str | Path, samples: int = 8) -> 
         image.write_bytes(data)
         image_files.append(image)
     written += image_files
-    md.write_text(
-        _markdown(result, header, rows, list(images), image_files, _samples(result, samples))
-    )
+    text = _markdown(result, header, rows, list(images), image_files, _samples(result, samples))
+    md.write_text(text + _grounded_markdown(result, grounded))
     return written
 
 
@@ -167,11 +236,60 @@ vertical-align:top}}th{{background:#f3f3f3}}figure{{display:inline-block;margin:
 <h1>chattune evaluation</h1>
 <p>{result["n_examples"]} assistant turns from {e(", ".join(result["data"]))};
 model <code>{e(result["model"])}</code>{f" compared with <code>{e(b)}</code>" if b else ""}.</p>
-<h2>Metrics</h2><table>{table}</table>
-<h2>Charts</h2>{figures}
-<h2>Sample conversations</h2><table><tr>{conv_head}</tr>{convs}</table>
+{f"<h2>Metrics</h2><table>{table}</table>" if rows else ""}
+{f"<h2>Charts</h2>{figures}" if figures else ""}
+{f"<h2>Sample conversations</h2><table><tr>{conv_head}</tr>{convs}</table>" if convs else ""}
 </body></html>
 """
+
+
+def _grounded_html(result: dict[str, Any], samples: list[dict[str, Any]]) -> str:
+    """The "Grounded answers" section: the rates, then questions with each model's reply."""
+    if "grounded" not in result:
+        return ""
+    e, block = html.escape, result["grounded"]
+    header, rows = grounded_rows(result)
+    table = "<tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"
+    table += "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    b = result.get("compare", {}).get("model")
+    head = f"<th>question</th><th>{e(result['model'])}</th>" + (f"<th>{e(b)}</th>" if b else "")
+    body = ""
+    for s in samples:
+        cells = "".join(
+            f"<td>{e(r['reply'])}<br><small>{e(_verdict(r))}<br>sources: "
+            f"{e(_sources_line(r))}</small></td>"
+            for r in (s["a"], s["b"])
+            if r is not None
+        )
+        body += f"<tr><td><small>{e(s['id'])}</small><br>{e(s['question'])}</td>{cells}</tr>"
+    where = f"{block['kb']}, k {block['k']}, {block['mode']}"
+    samples_html = f"<table><tr>{head}</tr>{body}</table>" if body else ""
+    return (
+        f"<h2>Grounded answers</h2><p>{block['metrics']['n_questions']} questions, "
+        f"knowledge base {e(where)}; {_LEGEND}</p>"
+        f"<table>{table}</table>{samples_html}\n"
+    )
+
+
+def _grounded_markdown(result: dict[str, Any], samples: list[dict[str, Any]]) -> str:
+    """The "Grounded answers" section in Markdown (after the rest of the report)."""
+    if "grounded" not in result:
+        return ""
+    block = result["grounded"]
+    header, rows = grounded_rows(result)
+    lines = ["", "## Grounded answers", ""]
+    where = f"knowledge base {block['kb']}, k {block['k']}, {block['mode']}"
+    lines.append(f"{block['metrics']['n_questions']} questions, {where}; {_LEGEND}")
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    models = [result["model"], result.get("compare", {}).get("model")]
+    for s in samples:
+        lines += ["", f"### {s['id']}", "", f"- **user**: {s['question']}"]
+        for name, r in zip(models, (s["a"], s["b"]), strict=True):
+            if r is not None:
+                lines.append(f"- *{name}*: {r['reply']}")
+                lines.append(f"  ({_verdict(r)}; sources: {_sources_line(r)})")
+    return "\n".join(lines) + "\n"
 
 
 def _markdown(result, header, rows, names, image_files, samples) -> str:

@@ -6,6 +6,8 @@ corpus metric for a bootstrap resample is a sum and a formula, not a re-run of t
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -119,23 +121,37 @@ def aggregate(records: list[Record], index: np.ndarray | None = None) -> dict[st
 
 
 def bootstrap_deltas(
-    a: list[Record], b: list[Record], samples: int = 1000, seed: int = 0
+    a: list[Any],
+    b: list[Any],
+    samples: int = 1000,
+    seed: int = 0,
+    *,
+    score: Callable[[list[Any], np.ndarray], dict[str, float]] = aggregate,
+    keys: tuple[str, ...] = METRIC_KEYS,
 ) -> dict[str, tuple[float, float]]:
     """95% percentile intervals of ``metric(b) - metric(a)`` under paired resampling.
 
     Both models are resampled on the same example indices, so the interval reflects the
-    difference between them rather than the spread of the test set.
+    difference between them rather than the spread of the test set. ``score`` computes the
+    metrics of a resample (``aggregate`` for these records; the grounded rates use
+    :func:`~chattune.evaluate.grounded.aggregate_grounded`), ``keys`` names the ones to
+    compare. A metric undefined in every resample gets ``(nan, nan)``.
     """
     rng = np.random.default_rng(seed)
     n = len(a)
-    deltas: dict[str, list[float]] = {k: [] for k in METRIC_KEYS}
+    deltas: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(samples):
         idx = rng.integers(0, n, n)
-        ma, mb = aggregate(a, idx), aggregate(b, idx)
-        for k in METRIC_KEYS:
+        ma, mb = score(a, idx), score(b, idx)
+        for k in keys:
             deltas[k].append(mb[k] - ma[k])
-    # nan-aware: a resample may hold no scored reference tokens (perplexity undefined).
-    return {
-        k: (float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5)))
-        for k, v in deltas.items()
-    }
+    return {k: _interval(v) for k, v in deltas.items()}
+
+
+def _interval(values: list[float]) -> tuple[float, float]:
+    """The 2.5th and 97.5th percentiles, ignoring NaN: a resample may hold no scored
+    reference tokens (perplexity undefined) or no question a rate applies to."""
+    v = np.asarray(values, dtype=float)
+    if not v.size or np.isnan(v).all():
+        return (math.nan, math.nan)
+    return (float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5)))
