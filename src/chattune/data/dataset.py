@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from chattune.data.batching import EncodeReport, pack_documents
@@ -17,10 +18,19 @@ def encode_conversations(
     conversations: list[Conversation], tokenizer: Any, max_len: int, mask: MaskPolicy
 ) -> tuple[list[Encoded], EncodeReport]:
     """Encode every conversation; count the truncated and the dropped ones."""
-    report = EncodeReport(conversations=len(conversations))
+    return encode_each([lambda c=c: encode_conversation(c, tokenizer, max_len, mask)
+                        for c in conversations])  # fmt: skip
+
+
+def encode_each(
+    encoders: Sequence[Callable[[], Encoded | None]],
+) -> tuple[list[Encoded], EncodeReport]:
+    """Run each encoder (one per conversation, or per grounded turn); count what was
+    encoded, truncated (lost its oldest turns) and dropped (nothing trainable fit)."""
+    report = EncodeReport(conversations=len(encoders))
     examples = []
-    for conv in conversations:
-        enc = encode_conversation(conv, tokenizer, max_len, mask)
+    for encode in encoders:
+        enc = encode()
         if enc is None:
             report.dropped += 1
             continue

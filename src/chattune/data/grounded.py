@@ -41,11 +41,12 @@ import difflib
 import logging
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from chattune.data.batching import EncodeReport
+from chattune.data.dataset import encode_each
 from chattune.data.render import (
     Encoded,
     MaskPolicy,
@@ -364,21 +365,13 @@ def encode_grounded(
 ) -> tuple[list[Encoded], EncodeReport]:
     """Encode each assistant turn on its grounded prompt; the report counts turns (each is
     an example), not conversations."""
-    pairs = grounded_examples(conversations, grounder, options)
-    report = EncodeReport(conversations=len(pairs))
-    encoded = []
-    for turn, ex in pairs:
+
+    def encoder(turn: Turn, ex: Example) -> Callable[[], Encoded | None]:
         head = grounder.head(turn.system, ex.passages or [])
-        enc = encode_turn(tokenizer, head, turn.history, ex.target, max_len, turn.where)
-        if enc is None:
-            report.dropped += 1
-            continue
-        report.truncated += enc.dropped_turns > 0
-        report.tokens += len(enc.input_ids)
-        report.trained_tokens += enc.n_trained
-        encoded.append(enc)
-    report.encoded = len(encoded)
-    return encoded, report
+        return lambda: encode_turn(tokenizer, head, turn.history, ex.target, max_len, turn.where)
+
+    return encode_each([encoder(t, ex) for t, ex in grounded_examples(conversations, grounder,
+                                                                       options)])  # fmt: skip
 
 
 def _log_counts(retrieved: list[Retrieved], examples: list[Example]) -> None:

@@ -26,7 +26,7 @@ from chattune.data.jsonl import read_jsonl
 from chattune.data.types import Message
 from chattune.errors import DataError
 from chattune.evaluate.examples import TurnExample
-from chattune.knowledge.retrieval_eval import Question
+from chattune.knowledge.retrieval_eval import Question, string_list
 
 KEYS = ("id", "question", "faq_id", "source", "answerable", "facts", "reference")
 
@@ -103,7 +103,7 @@ def _row_problems(row: Any) -> list[str]:
     problems = [f"unknown key {k!r} (keys: {', '.join(KEYS)})" for k in row if k not in KEYS]
     if not isinstance(row.get("question"), str) or not row["question"].strip():
         problems.append("needs a non-empty 'question'")
-    gold = {k: _strings(row.get(k)) for k in ("faq_id", "source")}
+    gold = {k: string_list(row.get(k)) for k in ("faq_id", "source")}
     problems += [f"'{k}' must be a string or a list of strings" for k in gold if gold[k] is None]
     facts = _facts(row.get("facts"))
     if facts is None:
@@ -127,23 +127,12 @@ def _question(row: dict[str, Any], where: str) -> GroundedQuestion:
     """A valid row as a question."""
     gold = Question(
         row["question"].strip(),
-        frozenset(_strings(row.get("faq_id")) or ()),
-        tuple(_strings(row.get("source")) or ()),
+        frozenset(string_list(row.get("faq_id")) or ()),
+        tuple(string_list(row.get("source")) or ()),
         row.get("answerable", True),
     )
     reference = row.get("reference")
     return GroundedQuestion(row.get("id", where), gold, _facts(row.get("facts")) or (), reference)
-
-
-def _strings(value: object) -> list[str] | None:
-    """A string or a list of strings as a list (``[]`` for None); None if neither."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return list(value)
-    return None
 
 
 def _facts(value: object) -> tuple[tuple[str, ...], ...] | None:
@@ -154,7 +143,7 @@ def _facts(value: object) -> tuple[tuple[str, ...], ...] | None:
         return None
     facts = []
     for fact in value:
-        alternatives = _strings(fact)
+        alternatives = string_list(fact)
         if not alternatives or not all(a.strip() for a in alternatives):
             return None
         facts.append(tuple(a.strip() for a in alternatives))

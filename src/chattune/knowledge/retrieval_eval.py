@@ -52,7 +52,7 @@ def read_questions(path: str | Path) -> list[Question]:
         if not isinstance(row, dict) or not str(row.get("question") or "").strip():
             problems.append(f"{path}:{n}: needs a non-empty 'question'")
             continue
-        faq, src = _strings(row.get("faq_id")), _strings(row.get("source"))
+        faq, src = string_list(row.get("faq_id")), string_list(row.get("source"))
         if row.get("answerable", True) is False:
             if faq or src:
                 problems.append(f"{path}:{n}: 'answerable': false takes no faq_id or source")
@@ -72,7 +72,9 @@ def read_questions(path: str | Path) -> list[Question]:
     return questions
 
 
-def _strings(value: object) -> list[str] | None:
+def string_list(value: object) -> list[str] | None:
+    """A string or a list of strings as a list (``[]`` for None); None if it is neither
+    (the caller reports the key as malformed)."""
     if value is None:
         return []
     if isinstance(value, str):
