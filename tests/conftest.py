@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,11 +129,20 @@ def scripted_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokeniz
     script. The margin (12 logits) makes greedy decoding immune to float16 rounding and
     leaves sampling at temperature 1 free to wander (p(next) ~ 0.77).
     """
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
-    chain = [tok.convert_tokens_to_ids("Ċ"), *tok(SCRIPT, add_special_tokens=False)["input_ids"]]
+    reply = tok(SCRIPT, add_special_tokens=False)["input_ids"]
+    return save_scripted_llama(tok, reply, tmp_path_factory.mktemp("scripted-llama"))
+
+
+def save_scripted_llama(tok: Any, reply: list[int], folder: Path) -> Path:
+    """Save into ``folder`` the Llama of :func:`scripted_model_dir`, answering ``reply``
+    (token ids, each used once) to any chat prompt, then ``<|im_end|>``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    chain = [tok.convert_tokens_to_ids("Ċ"), *reply]
     assert len(set(chain)) == len(chain), "each scripted token must be unique"
     nxt = [*chain[1:], tok.convert_tokens_to_ids("<|im_end|>")]
     config = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512,
@@ -151,7 +161,6 @@ def scripted_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokeniz
             embed[token, slot] = 1.0  # RMSNorm makes this sqrt(256) = 16 at ``slot``
             head[following, :] = 0.0
             head[following, slot] = 12 / 16
-    folder = tmp_path_factory.mktemp("scripted-llama")
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
     return folder

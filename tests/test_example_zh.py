@@ -22,6 +22,7 @@ from chattune.knowledge.store import KnowledgeBase
 from chattune.nlu.data import read_intents
 from tests.conftest import ROOT, run_cli
 from tests.test_readme import chattune_argv, shell_commands
+from tests.test_render import trained_spans
 
 ZH = ROOT / "examples" / "support-zh"
 DATA = [str(ZH / "train.jsonl"), str(ZH / "val.jsonl")]
@@ -52,22 +53,10 @@ def test_conversations_render_with_loss_on_the_assistant_turns_only(tokenizer) -
     for conv in conversations:
         enc = encode_conversation(conv, tokenizer, max_len=4096)
         replies = [m.content for m in conv.messages if m.role == "assistant"]
-        assert trained_spans(tokenizer, enc.labels) == [f"{r}<|im_end|>\n" for r in replies]
+        assert trained_spans(tokenizer, enc) == [f"{r}<|im_end|>\n" for r in replies]
         assert all(x in (IGNORE_INDEX, i) for x, i in zip(enc.labels, enc.input_ids, strict=True))
     systems = {conv.messages[0].content for conv in conversations}
     assert systems == {load_profile(str(ZH / "bot.yaml")).system_prompt}
-
-
-def trained_spans(tokenizer, labels: list[int]) -> list[str]:
-    """Decode each run of consecutive labelled tokens."""
-    spans, current = [], []
-    for label in [*labels, IGNORE_INDEX]:
-        if label != IGNORE_INDEX:
-            current.append(label)
-        elif current:
-            spans.append(tokenizer.decode(current))
-            current = []
-    return spans
 
 
 def test_intents_have_examples_for_each_intent_and_entities_in_place() -> None:

@@ -28,7 +28,7 @@ from chattune.data.types import Message
 from chattune.model.generation import GenerationOptions
 from chattune.serve.app import build_app
 from chattune.serve.store import Store
-from tests.conftest import live_server
+from tests.conftest import live_server, save_scripted_llama
 
 KEY = "sk-zh"
 
@@ -48,43 +48,13 @@ def reply_tokens(tokenizer) -> list[int]:
     return [*ids, tokenizer.convert_tokens_to_ids("ĊĊ"), *tail]
 
 
-def scripted_llama(tokenizer, reply: list[int], folder: Path) -> Path:
-    """Save a 2-layer Llama whose greedy answer to any chat prompt is ``reply``, then
-    ``<|im_end|>`` (conftest's ``scripted_model_dir`` explains the construction)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    chain = [tokenizer.convert_tokens_to_ids("Ċ"), *reply]
-    assert len(set(chain)) == len(chain), "each scripted token must be unique"
-    nxt = [*chain[1:], tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=2048, tie_word_embeddings=False,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=2)  # fmt: skip
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        embed, head = model.model.embed_tokens.weight, model.lm_head.weight
-        for slot, (token, following) in enumerate(zip(chain, nxt, strict=True)):
-            embed[token] = 0.0
-            embed[token, slot] = 1.0
-            head[following, :] = 0.0
-            head[following, slot] = 12 / 16
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def zh_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer_dir) -> Path:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
     folder = tmp_path_factory.mktemp("zh-llama")
-    return scripted_llama(tokenizer, reply_tokens(tokenizer), folder)
+    return save_scripted_llama(tokenizer, reply_tokens(tokenizer), folder)
 
 
 @pytest.fixture(scope="module")
