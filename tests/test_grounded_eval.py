@@ -498,3 +498,27 @@ def test_eval_cli_grounded_json_without_records_and_bad_inputs(
                  "--max-new-tokens", "4", "--json", str(out)]) == 0  # fmt: skip
     result = json.loads(out.read_text())
     assert result["metrics"] is None and result["grounded"]["metrics"]["fact_accuracy"] is None
+
+
+def test_generate_with_kb_shows_each_models_passages_side_by_side(
+    small_kb, small_profile, tiny_model_dir, lively_model_dir, capsys
+) -> None:
+    args = ["generate", "--model", str(lively_model_dir), "--compare", str(tiny_model_dir),
+            "--kb", str(small_kb / "kb"), "--profile", str(small_profile),
+            "--prompt", "Do gift cards expire?", "--prompt", "When is standard shipping free?",
+            "--max-new-tokens", "4"]  # fmt: skip
+    assert main(args) == 0
+    blocks = capsys.readouterr().out.strip().split("\n\n")
+    assert len(blocks) == 2
+    faq, shipping = (b.splitlines() for b in blocks)
+    # the FAQ answer is the stored one, for both models, and cites its entry
+    stored = "No, gift cards never expire. [1]"
+    assert [line.split("]: ", 1)[-1] for line in faq[1::2]] == [stored, stored]
+    assert all(re.fullmatch(r"      \*\[1\] .*faq\.csv, .+", line) for line in faq[2::2]), faq
+    # a passage answer: each model's reply followed by the one passage it was shown (k 1)
+    assert [line.split("]: ")[0] for line in shipping[1::2]] == [
+        f"  [{lively_model_dir}",
+        f"  [{tiny_model_dir}",
+    ]
+    assert all(re.fullmatch(r"      [ *]\[1\] .*shipping\.md, .+", line) for line in shipping[2::2])
+    assert main([*args[:3], "--kb", str(small_kb / "missing"), "--prompt", "hi"]) == 2

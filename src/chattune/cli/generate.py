@@ -1,10 +1,14 @@
 """``chattune generate``: replies from one model or two side by side (the demo's before/after).
 
-Both models answer through a chat engine with the same bot profile, exactly as
-``chattune chat`` and ``chattune serve`` would answer.
+Both models answer through a chat engine with the same bot profile (and, with ``--kb``,
+the same knowledge base), exactly as ``chattune chat`` and ``chattune serve`` would answer.
+With a knowledge base each reply is followed by the passages it was shown, the ones it
+cites marked ``*``, so a grounded model and an ungrounded one can be read side by side.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic import Field, model_validator
 
@@ -18,6 +22,7 @@ from chattune.cli.common import (
     GenerationOverrides,
     backend_field,
     engine_for,
+    knowledge,
     load_bot,
     model_field,
 )
@@ -37,6 +42,9 @@ class GenerateConfig(Section):
         None, description="answer the first user turn of conversations in this file"
     )
     n: int = Field(3, ge=1, description="how many conversations from --data")
+    kb: str | None = Field(
+        None, description="answer from this knowledge base folder, as chat --kb does"
+    )
     bot: BotSection = Field(default_factory=BotSection)
     backend: BackendSettings = backend_field()
     generation: GenerationOverrides = Field(default_factory=GenerationOverrides)  # type: ignore[valid-type]
@@ -71,15 +79,31 @@ def cmd_generate(cfg: GenerateConfig) -> int:
     specs = [cfg.model, *([cfg.compare] if cfg.compare else [])]
     for spec in specs:
         resolve(spec)  # a bad second model fails now, not after the first has loaded
-    engines = {spec: engine_for(spec, profile, backend=cfg.backend) for spec in specs}
+    kb = knowledge(cfg.kb, profile)  # opened now: a bad --kb fails before a slow load
+    engines = {spec: engine_for(spec, profile, kb, cfg.backend) for spec in specs}
     for history, reference in questions:
         lines = [f"user: {history[-1].content}"]
         if reference is not None:
             lines.append(f"  reference: {reference}")
         for spec, engine in engines.items():
-            lines.append(f"  [{spec}]: {engine.generate([history], engine.options())[0].text}")
+            text = engine.generate([history], engine.options())[0].text
+            lines.append(f"  [{spec}]: {text}")
+            lines += source_lines(engine, history, text)
         print("\n".join(lines) + "\n", flush=True)
     return 0
+
+
+def source_lines(engine: Any, history: list[Message], reply: str) -> list[str]:
+    """The passages a grounded reply was shown, ``*`` before the ones it cites (none
+    without a knowledge base; retrieval is deterministic, so deciding again finds the
+    passages the reply was generated from)."""
+    if engine.knowledge is None:
+        return []
+    sources = engine.decide(history).sources(reply) or []
+    return [
+        f"      {'*' if s['cited'] else ' '}[{s['index']}] {s['source']}, {s['location']}"
+        for s in sources
+    ]
 
 
 GENERATE = Command(
@@ -91,6 +115,7 @@ GENERATE = Command(
         "--prompt": "prompts",
         "--data": "data",
         "--n": "n",
+        "--kb": "kb",
         **BOT_FLAGS,
         **BACKEND_FLAGS,
         **GENERATION_FLAGS,
