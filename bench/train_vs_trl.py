@@ -119,6 +119,7 @@ def run_chattune(steps: int, seed: int, *extra: str) -> dict:
     )
     run = build_run(cfg)
     summary = fit(run)
+    run.model.float()  # bf16 training stores the frozen weights in bf16; evaluate in fp32
     return {
         "tokens_per_s": summary["tokens_per_s"],
         "eval_loss": shared_eval_loss(run.model, run.tokenizer),

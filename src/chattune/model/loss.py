@@ -40,12 +40,25 @@ processes: the token-weighted mean of each micro-batch's aux term). The aux term
 the training objective only: it is added in training mode and never to ``per_example`` rows,
 which are log-likelihoods (DPO's log-probabilities, perplexity), nor in eval mode
 (validation loss stays a pure token loss and agrees with ``chattune eval``'s perplexity).
+
+**The fused head loss.** Even at labelled positions only, the head is the largest single
+tensor of a step: 841 labelled tokens x 49,152 words is 165 MB of float32 logits, plus the
+log-softmax and its gradient of the same size, each a fresh allocation the kernel has to
+page in. When the head is a frozen, bias-free linear layer with no post-processing (LoRA on
+Llama, Qwen, SmolLM, Mistral ...), :class:`FusedHeadLoss` computes each token's loss and its
+gradient in one pass over chunks of :data:`CHUNK_FLOATS` logits (``logsumexp`` for the loss,
+``softmax - onehot`` times the head for the gradient), so no ``[N, V]`` tensor outlives its
+chunk and no log-softmax is stored for backward. On a 2-core Xeon with AMX one bf16 LoRA step
+of SmolLM2-135M spent 1.3 s of 4.4 in the head and loss; see docs/training.md for the
+measurement. It is written here because no library has one for the CPU: Liger Kernel's
+fused linear cross-entropy and Apple's Cut Cross-Entropy are Triton (GPU) kernels.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -178,6 +191,10 @@ class LabelledLoss(nn.Module):
             self.why_slow = "its head post-processing is not one chattune reproduces"
         if self.why_slow:
             log.info("%s: loss from the model's own forward: %s", type(lm).__name__, self.why_slow)
+        post_ops = any(getattr(lm.config, k, None) for k in HEAD_POST)
+        #: whether the fast path uses :class:`FusedHeadLoss` (see the module docstring)
+        self.fused = self.fast and fusable_head(lm.get_output_embeddings(), post_ops)
+        self._tuners = [m for m in lm.modules() if hasattr(m, "cast_input_dtype_enabled")]
 
     @property
     def fast(self) -> bool:
@@ -191,6 +208,38 @@ class LabelledLoss(nn.Module):
         per_example: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed loss and labelled-token count; per row (``[B]`` each) if ``per_example``."""
+        with self._inputs_left_to_autocast(input_ids.device.type):
+            return self._forward(input_ids, attention_mask, labels, per_example)
+
+    @contextmanager
+    def _inputs_left_to_autocast(self, device_type: str) -> Iterator[None]:
+        """Under autocast, stop peft's adapter layers from casting their bf16 input to their
+        float32 weights' dtype: autocast casts it straight back for the matmul, so the two
+        copies per adapter and step (and their backward) change nothing but the time. Left
+        on with gradient checkpointing, whose recomputation runs outside this block."""
+        lm = unwrap_peft(self.model)
+        checkpointing = getattr(lm, "is_activation_checkpointing", None)  # transformers >= 5.x
+        if checkpointing is None:
+            checkpointing = getattr(lm, "is_gradient_checkpointing", False)
+        if not self._tuners or not torch.is_autocast_enabled(device_type) or checkpointing:
+            yield
+            return
+        before = [m.cast_input_dtype_enabled for m in self._tuners]
+        for m in self._tuners:
+            m.cast_input_dtype_enabled = False
+        try:
+            yield
+        finally:
+            for m, was in zip(self._tuners, before, strict=True):
+                m.cast_input_dtype_enabled = was
+
+    def _forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        per_example: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         lm = unwrap_peft(self.model)
         targets = labels[:, 1:]  # position t predicts token t+1
         keep = targets != IGNORE_INDEX  # [B, T-1]
@@ -199,7 +248,11 @@ class LabelledLoss(nn.Module):
             hidden = lm.get_decoder()(
                 input_ids=input_ids, attention_mask=attention_mask, use_cache=False
             ).last_hidden_state  # [B, T, H]
-            logits = self.post(lm.get_output_embeddings()(hidden[:, :-1][keep]))  # [N, V]
+            head = lm.get_output_embeddings()
+            if self.fused:
+                token_loss = FusedHeadLoss.apply(hidden[:, :-1][keep], head.weight, targets[keep])
+                return _reduce(token_loss, keep, per_example)
+            logits = self.post(head(hidden[:, :-1][keep]))  # [N, V]
         else:
             out = lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
             logits = out.logits[:, :-1][keep]  # [N, V], from the full [B, T, V]
@@ -210,9 +263,74 @@ class LabelledLoss(nn.Module):
             n = keep.sum()
             return (loss if aux is None else loss + aux * n), n
         token_loss = F.cross_entropy(logits.float(), targets[keep], reduction="none")  # [N]
-        rows = keep.nonzero()[:, 0]  # the batch row of each labelled token
-        sums = torch.zeros(len(labels), device=token_loss.device).index_add_(0, rows, token_loss)
-        return sums, keep.sum(dim=1)
+        return _reduce(token_loss, keep, per_example=True)
+
+
+def _reduce(
+    token_loss: torch.Tensor, keep: torch.Tensor, per_example: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed loss, count) of the labelled tokens' losses, or both per batch row."""
+    if not per_example:
+        return token_loss.sum(), keep.sum()
+    rows = keep.nonzero()[:, 0]  # the batch row of each labelled token
+    sums = torch.zeros(len(keep), device=token_loss.device).index_add_(0, rows, token_loss)
+    return sums, keep.sum(dim=1)
+
+
+#: Logits per chunk of :class:`FusedHeadLoss`: 2**22 floats (16 MB in float32) is 85 rows of
+#: SmolLM2's 49,152 words. Small enough that glibc serves it from its heap rather than a fresh
+#: mmap (its threshold grows to at most 32 MB); chunks of 2**20 to 2**23 floats measured the
+#: same speed within noise.
+CHUNK_FLOATS = 2**22
+
+
+def fusable_head(head: Any, post_ops: bool) -> bool:
+    """Whether :class:`FusedHeadLoss` computes exactly what ``post(head(h))`` + cross-entropy
+    would: a bias-free linear head nothing trains, with no post-processing."""
+    weight = getattr(head, "weight", None)
+    return (
+        isinstance(head, nn.Linear)
+        and getattr(head, "bias", None) is None
+        and isinstance(weight, torch.Tensor)
+        and not weight.requires_grad
+        and not post_ops
+    )
+
+
+class FusedHeadLoss(torch.autograd.Function):
+    """Per-token cross-entropy of ``h @ weight.T`` against ``y``, chunk by chunk, with the
+    gradient with respect to ``h`` computed in the forward pass (the head is frozen, so that
+    is the only one): ``d loss_i / d h_i = (softmax(z_i) - onehot(y_i)) @ weight``. Backward
+    multiplies it by the incoming per-token gradient, so any reduction (sum, per row, DPO's
+    weighted rows) is exact. The loss is in float32 whatever the matmul's dtype."""
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        n, vocab = h.shape[0], weight.shape[0]
+        rows = max(1, CHUNK_FLOATS // vocab)
+        losses = torch.empty(n, dtype=torch.float32, device=h.device)
+        grad = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        for i in range(0, n, rows):
+            z = (h[i : i + rows] @ weight.t()).float()  # [rows, V]; bf16 matmul under autocast
+            target = y[i : i + rows, None]
+            picked = z.gather(1, target)
+            # logsumexp and softmax in place: torch.logsumexp would allocate another [rows, V]
+            top = z.amax(dim=1, keepdim=True)
+            total = z.sub_(top).exp_().sum(dim=1, keepdim=True)
+            losses[i : i + rows] = (top + total.log() - picked).squeeze(1)
+            if grad is not None:
+                z.div_(total)  # softmax
+                z.scatter_add_(1, target, torch.full_like(target, -1.0, dtype=z.dtype))
+                grad[i : i + rows] = z.to(weight.dtype) @ weight
+        ctx.save_for_backward(grad)
+        return losses
+
+    @staticmethod
+    def backward(ctx: Any, grad_losses: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (grad,) = ctx.saved_tensors
+        if grad is None:
+            return None, None, None
+        return grad * grad_losses[:, None].to(grad.dtype), None, None
 
 
 def router_aux_term(lm: Any, out: Any) -> torch.Tensor | None:

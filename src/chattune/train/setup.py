@@ -271,10 +271,12 @@ def resolve_precision(precision: str) -> str:
 def frozen_weights_in_bf16(model: Any) -> int:
     """Store the frozen floating-point weights of ``model`` in bf16; return how many.
 
-    For adapter training in bf16 on a GPU: autocast computes the matmuls in bf16 anyway, so
-    fp32 copies of weights that never change only double their memory. The trained
+    For adapter training in bf16: autocast computes the matmuls in bf16 anyway, so fp32
+    copies of weights that never change only double their memory, and autocast casts a
+    frozen weight again at every use (its cast cache keeps only trained leaves). The trained
     parameters stay float32 (the optimizer's master copies), as do buffers (rotary
-    frequencies).
+    frequencies). The residual stream, which starts at the embedding, becomes bf16 too, as
+    in a model loaded in bf16.
     """
     frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
     with torch.no_grad():
@@ -345,8 +347,7 @@ def build_run(
     cfg = resolve_defaults(cfg, len(data.train), accelerator.num_processes, bool(data.val))
     total = count_steps(cfg, len(data.train), accelerator.num_processes)
     prepared = build_model(cfg, model, total)
-    on_gpu = accelerator.device.type == "cuda"
-    if on_gpu and accelerator.mixed_precision == "bf16" and prepared.is_peft:
+    if accelerator.mixed_precision == "bf16" and prepared.is_peft:
         frozen_weights_in_bf16(prepared.model)
     optimizer = build_optimizer(prepared.model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total)
