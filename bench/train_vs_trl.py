@@ -14,6 +14,8 @@ Contenders:
                   or AMX, else float32)
   chattune-fp32   chattune in float32
   chattune-bf16   chattune with bf16 autocast
+  chattune-compile  chattune's defaults with train.compile=true (each decoder layer compiled
+                  by torch.compile; the compile time counts in the training loop's time)
   chattune-hf-order  chattune-fp32 on batches in the order of Hugging Face's
                   LengthGroupedSampler (TRL's group_by_length): the other direction of
                   bench/trl_parity.py, which runs TRL on chattune's batches
@@ -23,6 +25,7 @@ Contenders:
   trl-tuned-fp32  trl-tuned in float32: on CPUs without native bf16 (AVX2-only, like the
                   2-core machines this project is built on) bf16 is emulated and slow, so this
                   is TRL's best configuration there
+  trl-tuned-compile  trl-tuned with TrainingArguments.torch_compile (the whole model compiled)
 
 With ``--seeds 42 1 2 3 4`` every contender runs once per seed (the seed of the LoRA
 initialisation and of the batch order); the table shows mean ± sd and a Welch t-test of
@@ -53,10 +56,12 @@ CONTENDERS = [
     "chattune",
     "chattune-fp32",
     "chattune-bf16",
+    "chattune-compile",
     "chattune-hf-order",
     "trl-defaults",
     "trl-tuned",
     "trl-tuned-fp32",
+    "trl-tuned-compile",
 ]
 LR, R, ALPHA, MAX_LEN, BATCH = 2e-4, 16, 32, 512, 8
 
@@ -127,7 +132,13 @@ def run_chattune(steps: int, seed: int, *extra: str) -> dict:
 
 
 def run_trl(
-    steps: int, seed: int, bf16: bool, dropout: float, checkpointing: bool, grouped: bool
+    steps: int,
+    seed: int,
+    bf16: bool,
+    dropout: float,
+    checkpointing: bool,
+    grouped: bool,
+    compile: bool = False,
 ) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
@@ -158,6 +169,7 @@ def run_trl(
         logging_steps=1,
         seed=seed,
         dataloader_num_workers=0,
+        torch_compile=compile,
     )
     lora = LoraConfig(
         r=R,
@@ -198,12 +210,17 @@ def child(name: str, steps: int, seed: int) -> None:
     elif name == "chattune-hf-order":
         use_hf_batch_order()
         result = run_chattune(steps, seed, "train.precision=fp32")
+    elif name == "chattune-compile":
+        result = run_chattune(steps, seed, "train.compile=true")
     elif name.startswith("chattune-"):
         result = run_chattune(steps, seed, f"train.precision={name.removeprefix('chattune-')}")
     elif name == "trl-defaults":
         result = run_trl(steps, seed, bf16=True, dropout=0.05, checkpointing=True, grouped=False)
     elif name == "trl-tuned":
         result = run_trl(steps, seed, bf16=True, dropout=0.0, checkpointing=False, grouped=True)
+    elif name == "trl-tuned-compile":
+        tuned = dict(dropout=0.0, checkpointing=False, grouped=True)
+        result = run_trl(steps, seed, bf16=True, compile=True, **tuned)
     else:
         result = run_trl(steps, seed, bf16=False, dropout=0.0, checkpointing=False, grouped=True)
     result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)

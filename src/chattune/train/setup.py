@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,7 +309,35 @@ def build_model(cfg: RunConfig, model: Any, total_steps: int) -> Prepared:
         unwrap_peft(prepared.model).gradient_checkpointing_enable()
         if prepared.is_peft:
             unwrap_peft(prepared.model).enable_input_require_grads()
+    if cfg.train.compile:
+        compile_layers(unwrap_peft(prepared.model))
     return prepared
+
+
+def compile_layers(lm: Any) -> int:
+    """``torch.compile`` each decoder layer in place (``train.compile``); return how many.
+
+    Layer by layer, not the whole model: a layer is one graph inductor fuses well (norms,
+    rotary, activation, the adapters' scale-and-add), while the loss's data-dependent
+    indexing would break a whole-model graph. ``dynamic=True`` compiles once for every
+    sequence length instead of once per batch width. On a CPU inductor builds C++, so a
+    missing compiler is reported before the model is touched.
+    """
+    if not torch.cuda.is_available() and not any(map(shutil.which, ("g++", "c++", "clang++"))):
+        raise ConfigError(
+            "train.compile: torch.compile on the CPU needs a C++ compiler (g++ or clang++) "
+            "on PATH; install one or set train.compile=false"
+        )
+    decoder = lm.get_decoder()
+    layers = getattr(decoder, "layers", None) or getattr(decoder, "h", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ConfigError(
+            f"train.compile: {type(lm).__name__} has no list of decoder layers chattune "
+            "knows (decoder.layers or decoder.h); set train.compile=false"
+        )
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
 
 
 def check_before_loading(cfg: RunConfig) -> None:
