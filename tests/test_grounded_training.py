@@ -278,6 +278,26 @@ def test_an_inserted_gold_passage_lands_at_a_seeded_position(tmp_path, kb_dir) -
     assert len(set(places[0])) > 1 and places[0] != places[1]  # random, by the seed
 
 
+def test_kb_shuffle_moves_the_gold_passage_off_retrievals_first_place(tmp_path, kb_dir) -> None:
+    """In retrieval's order the gold passage of a retrieved answer is mostly [1]; shuffled,
+    the same passages come in a seeded order and the citation follows the gold one."""
+    grounder = KbGrounder(str(kb_dir), profile())
+    things = ["tent", "kayak", "stove", "jacket", "lamp", "pole", "bag", "boot", "fleece", "mat"]
+    asked = "Can I return an unused {} for a full refund after delivery to Canada?"
+    ask = [{"role": "user", "content": asked.format(t)} for t in things]  # returns, shipping
+    convs = conversations(tmp_path, [[TURNS[0], q, TURNS[10]] for q in ask])
+    ranked = grounded_examples(convs, grounder, GroundedOptions())
+    shuffled = grounded_examples(convs, grounder, GroundedOptions(shuffle=True))
+    again = grounded_examples(convs, grounder, GroundedOptions(shuffle=True))
+    assert all(not ex.inserted for _, ex in ranked) and {ex.gold_at for _, ex in ranked} == {1}
+    for (_, a), (_, b) in zip(ranked, shuffled, strict=True):
+        assert sorted(p.id for p in a.passages) == sorted(p.id for p in b.passages)
+        assert b.passages[b.gold_at - 1].source.endswith("returns.md")
+        assert b.target.endswith(f"[{b.gold_at}]")
+    assert len({ex.gold_at for _, ex in shuffled}) > 1  # not always [1] any more
+    assert [ex.gold_at for _, ex in again] == [ex.gold_at for _, ex in shuffled]
+
+
 def test_the_no_gold_share_trains_the_profiles_dont_know_reply(tmp_path, kb_dir, tokenizer):
     grounder = KbGrounder(str(kb_dir), profile())
     convs = conversations(tmp_path)

@@ -118,6 +118,11 @@ class DataConfig(Section):
         description="with data.kb: share of the turns with a known source trained with the "
         "gold passage removed and the profile's no_answer reply as the target",
     )
+    kb_shuffle: bool = Field(
+        False,
+        description="with data.kb: show each turn's passages in a seeded random order, so "
+        "the gold one is not mostly at [1] as retrieval ranks it",
+    )
     kb_cite: bool = Field(
         True,
         description="with data.kb: add the gold passage's citation [n] to replies that "

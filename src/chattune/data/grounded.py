@@ -15,6 +15,9 @@ What each turn is trained on (``Retrieved.kind`` is the engine's decision):
   that matches; when retrieval missed it, it is inserted at a seeded random position among
   the others (``data.kb_distractors`` of them are kept), so the model learns to find the
   answer wherever it sits. With ``data.kb_cite`` the reply gets the gold passage's ``[n]``.
+  Retrieval usually ranks the gold passage first, so a model trained on its order learns to
+  cite ``[1]`` whatever it says; ``data.kb_shuffle`` puts the kept passages in a seeded random
+  order instead (RAFT's mixing of the oracle document among distractors).
 - ``faq``: serving answers with the stored FAQ answer and never calls the model
   (``faq_answers: verbatim``), so there is no prompt to copy; the turn is trained on the
   prompt a paraphrase just below the FAQ threshold gets (FAQ entries as ordinary passages),
@@ -125,6 +128,7 @@ class GroundedOptions:
     distractors: int | None = None  # None: as many as knowledge.k leaves beside the gold one
     no_gold_share: float = 0.0
     cite: bool = True
+    shuffle: bool = False  # passages in a seeded random order, not retrieval's
     seed: int = 0
     last_only: bool = False  # data.mask=last: only each conversation's final reply
 
@@ -289,6 +293,8 @@ def choose(
     else:  # retrieval's order, less the distractors past the cap
         keep = {p.id for p in golds + others}
         kept = [p for p in passages if p.id in keep]
+    if options.shuffle:  # the gold passage anywhere, not mostly at [1]
+        random.Random(_turn_seed(options.seed, turn) + "\x1fshuffle").shuffle(kept)
     gold_at = _cited(kept, reply)
     target = grounder.cite(reply.content, gold_at) if options.cite else reply.content
     return Example(kept, target, gold_at, inserted)

@@ -147,6 +147,7 @@ def grounded_options(cfg: RunConfig) -> GroundedOptions:
         distractors=d.kb_distractors,
         no_gold_share=d.kb_no_gold_share,
         cite=d.kb_cite,
+        shuffle=d.kb_shuffle,
         seed=cfg.train.seed,
         last_only=d.mask is MaskPolicy.LAST,
     )
