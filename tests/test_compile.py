@@ -40,3 +40,24 @@ def test_compile_without_a_cpp_compiler_says_so(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
         setup.compile_layers(tiny_llama())
+
+
+def test_evaluation_after_compiled_training_steps_compiles_nothing_more() -> None:
+    """Generation with a KV cache would recompile per layer; eager_if_compiled runs it eager."""
+    from types import SimpleNamespace
+
+    from torch._dynamo.utils import counters
+
+    from chattune.train.loop import eager_if_compiled
+
+    model = prepare(tiny_llama(), AdapterConfig(r=4, alpha=8), total_steps=1).model
+    setup.compile_layers(model.get_base_model())
+    loss_and_grads(LabelledLoss(model).train())  # the training step compiles
+    compiled = counters["stats"]["unique_graphs"]
+    assert compiled > 0
+    run = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(compile=True)))
+    model.eval()
+    with eager_if_compiled(run), torch.no_grad():
+        model.generate(batch()["input_ids"][:1, :6], max_new_tokens=3, do_sample=False)
+        LabelledLoss(model).eval()(**batch())
+    assert counters["stats"]["unique_graphs"] == compiled

@@ -150,3 +150,32 @@ def test_adapter_inputs_are_left_to_autocast_and_the_flags_restored() -> None:
     assert all(m.cast_input_dtype_enabled for m in tuners)
     for name in with_toggle:  # the casts peft skipped were exact round trips
         torch.testing.assert_close(with_toggle[name], without[name], msg=name)
+
+
+def test_a_head_unfrozen_after_the_module_was_built_still_trains() -> None:
+    model = tiny_llama().requires_grad_(False)
+    scorer = LabelledLoss(model).train()
+    assert scorer.fused
+    model.lm_head.weight.requires_grad_(True)
+    scorer(**batch())[0].backward()
+    assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="trained head"):
+        FusedHeadLoss.apply(torch.randn(2, 32), model.lm_head.weight, torch.tensor([1, 2]))
+
+
+def test_an_adapter_saved_after_bf16_training_keeps_float32_embeddings(tmp_path) -> None:
+    """peft saves the base embedding with an adapter that targets it: in float32, as loaded."""
+    from safetensors.torch import load_file
+
+    from chattune.train.lifecycle import embeddings_in_float32
+    from chattune.train.setup import frozen_weights_in_bf16
+
+    model = prepare(
+        tiny_llama(), AdapterConfig(r=4, alpha=8, target_modules=["q_proj", "embed_tokens"]), 1
+    ).model
+    frozen_weights_in_bf16(model)
+    embeddings_in_float32(model)
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    base = {k: v.dtype for k, v in saved.items() if "lora_" not in k}
+    assert base and set(base.values()) == {torch.float32}, base

@@ -249,7 +249,7 @@ class LabelledLoss(nn.Module):
                 input_ids=input_ids, attention_mask=attention_mask, use_cache=False
             ).last_hidden_state  # [B, T, H]
             head = lm.get_output_embeddings()
-            if self.fused:
+            if self.fused and not head.weight.requires_grad:  # a head unfrozen since: plain
                 token_loss = FusedHeadLoss.apply(hidden[:, :-1][keep], head.weight, targets[keep])
                 return _reduce(token_loss, keep, per_example)
             logits = self.post(head(hidden[:, :-1][keep]))  # [N, V]
@@ -306,6 +306,8 @@ class FusedHeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if ctx.needs_input_grad[1]:
+            raise RuntimeError("FusedHeadLoss computes no gradient for a trained head's weight")
         n, vocab = h.shape[0], weight.shape[0]
         rows = max(1, CHUNK_FLOATS // vocab)
         losses = torch.empty(n, dtype=torch.float32, device=h.device)

@@ -17,8 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from chattune.config import dump_config
 from chattune.errors import ConfigError
+from chattune.model.loss import unwrap_peft
 from chattune.runs import META_FILE
 from chattune.train import checkpoint as ckpt
 from chattune.train.card import write_model_card
@@ -207,6 +210,23 @@ def summarize(run: Run, final: dict[str, float], tokens_per_s: float) -> dict[st
     return summary
 
 
+def embeddings_in_float32(model: Any) -> None:
+    """Frozen bf16 input/output embeddings back to float32, before saving an adapter.
+
+    bf16 training stores frozen weights in bf16 (``frozen_weights_in_bf16``); peft writes the
+    base embedding and head into the adapter file when the adapter targets them
+    (``save_embedding_layers="auto"``), and loading that adapter would then replace a float32
+    base's weights with bf16-rounded ones. The upcast is exact, and only these two matrices
+    (not the whole model, which could exhaust a GPU at the last step) are touched.
+    """
+    lm = unwrap_peft(model)
+    for module in (lm.get_input_embeddings(), lm.get_output_embeddings()):
+        weight = getattr(module, "weight", None)
+        frozen = isinstance(weight, torch.Tensor) and not weight.requires_grad
+        if frozen and weight.dtype == torch.bfloat16:
+            weight.data = weight.data.float()
+
+
 def save_output(run: Run, summary: dict[str, Any]) -> None:
     """Write the best weights (or the last), tokenizer, config, metadata and model card."""
     best = checkpoint_root(run) / "best" / "trainable.safetensors"
@@ -214,6 +234,7 @@ def save_output(run: Run, summary: dict[str, Any]) -> None:
         ckpt.load_trainable(run.model, best)
     if not run.is_main:
         return
+    embeddings_in_float32(run.model)
     run.model.save_pretrained(run.output, safe_serialization=True)
     run.hooks.point("output.partial", run.state.step)
     run.tokenizer.save_pretrained(run.output)

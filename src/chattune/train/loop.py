@@ -185,13 +185,21 @@ def eval_and_log(run: Run, logger: MetricsLogger, epoch: float) -> dict[str, flo
     s = run.state
     if s.last_eval_step != s.step:
         s.last_eval_step = s.step
-        s.last_eval = validation_loss(run) | hook_metrics(run)
+        with eager_if_compiled(run):
+            s.last_eval = validation_loss(run) | hook_metrics(run)
         logger.log({"step": s.step, "epoch": round(epoch, 4), **s.last_eval})
         track_best(run, s.last_eval)
         after = run.hooks.after_evaluate
         if after is not None and after(s.step, dict(s.last_eval)):
             run.early_stopped = True
     return s.last_eval
+
+
+def eager_if_compiled(run: Run) -> Any:
+    """With ``train.compile``, evaluate eagerly: the layers were compiled for the training
+    step, and validation (no grad) or generation (a KV cache, whose per-layer index dynamo
+    specialises on) would each compile again, the latter up to its recompile limit."""
+    return torch.compiler.set_stance("force_eager") if run.cfg.train.compile else nullcontext()
 
 
 @torch.no_grad()
