@@ -19,41 +19,14 @@ from chattune.config import AdapterConfig
 from chattune.model import loss as loss_module
 from chattune.model.adapters import prepare
 from chattune.model.loss import FusedHeadLoss, LabelledLoss
-
-VOCAB = 256
-SMALL = dict(
-    vocab_size=VOCAB,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-    initializer_range=0.2,
-    bos_token_id=1,
-    eos_token_id=2,
-    pad_token_id=0,
-)
+from tests.test_loss_architectures import COMMON as SMALL
+from tests.test_loss_architectures import VOCAB, batch
 
 
 def tiny_llama(**settings: Any) -> Any:
     torch.manual_seed(0)
     config = transformers.LlamaConfig(**SMALL, **settings)
     return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-
-
-def batch() -> dict[str, torch.Tensor]:
-    """Three right-padded rows, prompt tokens unlabelled (15 labelled tokens in all)."""
-    g = torch.Generator().manual_seed(1)
-    input_ids = torch.randint(3, VOCAB, (3, 12), generator=g)
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1, 9:] = 0
-    attention_mask[2, 6:] = 0
-    input_ids[attention_mask == 0] = 0
-    labels = input_ids.clone()
-    labels[:, :4] = -100
-    labels[attention_mask == 0] = -100
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
