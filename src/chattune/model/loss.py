@@ -48,10 +48,11 @@ page in. When the head is a frozen, bias-free linear layer with no post-processi
 Llama, Qwen, SmolLM, Mistral ...), :class:`FusedHeadLoss` computes each token's loss and its
 gradient in one pass over chunks of :data:`CHUNK_FLOATS` logits (``logsumexp`` for the loss,
 ``softmax - onehot`` times the head for the gradient), so no ``[N, V]`` tensor outlives its
-chunk and no log-softmax is stored for backward. On a 2-core Xeon with AMX one bf16 LoRA step
-of SmolLM2-135M spent 1.3 s of 4.4 in the head and loss; see docs/training.md for the
-measurement. It is written here because no library has one for the CPU: Liger Kernel's
-fused linear cross-entropy and Apple's Cut Cross-Entropy are Triton (GPU) kernels.
+chunk and no log-softmax is stored for backward. On a 2-core Xeon with AMX the log-softmax
+and its backward alone were 11% of a bf16 LoRA step of SmolLM2-135M (``python
+bench/profile_step.py``; docs/training.md has the measurement). It is written here because
+no library has one for the CPU: Liger Kernel's fused linear cross-entropy and Apple's Cut
+Cross-Entropy are Triton (GPU) kernels.
 """
 
 from __future__ import annotations
