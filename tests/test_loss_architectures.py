@@ -187,3 +187,56 @@ def test_a_peft_wrapped_model_keeps_the_fast_path() -> None:
     b = batch()
     with torch.no_grad():
         torch.testing.assert_close(scorer(**b)[0], reference(model, b)[0].sum())
+
+
+def test_dpo_adds_the_router_term_as_trl_does() -> None:
+    """A DPO step on Mixtral with a trained router: loss and gradients of TRL's
+    ``mean(-log σ(β·margin)) + coef * aux_loss``, the aux term from the policy's forward on
+    the chosen and rejected rows together."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from chattune.data.batching import collate
+    from chattune.data.preference import EncodedPair
+    from chattune.data.render import Encoded
+    from chattune.train.preference import preference_step
+
+    model = tiny("mixtral").train()
+    g = torch.Generator().manual_seed(2)
+
+    def encoded(n: int, prompt: int = 4) -> Encoded:
+        ids = torch.randint(3, VOCAB, (n,), generator=g).tolist()
+        return Encoded(input_ids=ids, labels=[-100] * prompt + ids[prompt:])
+
+    pairs = [EncodedPair(encoded(12), encoded(9), -40.0, -25.0),
+             EncodedPair(encoded(7), encoded(11), -15.0, -33.0)]  # fmt: skip
+    beta = 0.1
+    accelerator = SimpleNamespace(
+        num_processes=1, device=torch.device("cpu"), autocast=nullcontext,
+        no_sync=lambda _: nullcontext(), backward=lambda loss: loss.backward(),
+    )  # fmt: skip
+    run = SimpleNamespace(
+        cfg=SimpleNamespace(train=SimpleNamespace(dpo_beta=beta)), accelerator=accelerator,
+        data=SimpleNamespace(train=pairs), tokenizer=SimpleNamespace(pad_token_id=0),
+        loss_module=LabelledLoss(model).train(), anchor=None, sum_over_ranks=lambda *c: list(c),
+    )  # fmt: skip
+    model.zero_grad()
+    loss, _ = preference_step(run, [[0, 1]])
+    ours = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    b = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], 0)
+    out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+    assert out.aux_loss is not None and float(out.aux_loss) > 0
+    logits = out.logits[:, :-1].float().transpose(1, 2)
+    logp = -F.cross_entropy(logits, b["labels"][:, 1:], reduction="none").sum(dim=1)
+    ref = torch.tensor([[p.ref_chosen for p in pairs], [p.ref_rejected for p in pairs]])
+    margin = beta * ((logp[:2] - ref[0]) - (logp[2:] - ref[1]))
+    dpo = -F.logsigmoid(margin).mean()
+    expected = dpo + MOE["router_aux_loss_coef"] * out.aux_loss
+    assert abs(loss - float(expected)) < 1e-5 and abs(loss - float(dpo)) > 1e-3
+    model.zero_grad()
+    expected.backward()
+    assert any("gate" in k for k in ours)
+    for k, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(ours[k], p.grad, rtol=1e-4, atol=1e-6)

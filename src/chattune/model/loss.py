@@ -40,6 +40,8 @@ processes: the token-weighted mean of each micro-batch's aux term). The aux term
 the training objective only: it is added in training mode and never to ``per_example`` rows,
 which are log-likelihoods (DPO's log-probabilities, perplexity), nor in eval mode
 (validation loss stays a pure token loss and agrees with ``chattune eval``'s perplexity).
+DPO asks for it beside its rows (``router_aux=True``) and adds it to its mean pair loss, as
+TRL's ``DPOTrainer`` does (train/preference.py).
 
 **The fused head loss.** Even at labelled positions only, the head is the largest single
 tensor of a step: 841 labelled tokens x 49,152 words is 165 MB of float32 logits, plus the
@@ -207,10 +209,17 @@ class LabelledLoss(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
         per_example: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed loss and labelled-token count; per row (``[B]`` each) if ``per_example``."""
+        router_aux: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """Summed loss and labelled-token count; per row (``[B]`` each) if ``per_example``.
+
+        The summed loss of a training forward includes the router term (see the module
+        docstring); per-row sums never do. With ``router_aux`` (per-row mode, for losses
+        built on the rows such as DPO's) a third item is that forward's ``coef * aux_loss``,
+        or None when the model has none or the module is in eval mode.
+        """
         with self._inputs_left_to_autocast(input_ids.device.type):
-            return self._forward(input_ids, attention_mask, labels, per_example)
+            return self._forward(input_ids, attention_mask, labels, per_example, router_aux)
 
     @contextmanager
     def _inputs_left_to_autocast(self, device_type: str) -> Iterator[None]:
@@ -240,7 +249,8 @@ class LabelledLoss(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
         per_example: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        router_aux: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
         lm = unwrap_peft(self.model)
         targets = labels[:, 1:]  # position t predicts token t+1
         keep = targets != IGNORE_INDEX  # [B, T-1]
@@ -252,19 +262,21 @@ class LabelledLoss(nn.Module):
             head = lm.get_output_embeddings()
             if self.fused and not head.weight.requires_grad:  # a head unfrozen since: plain
                 token_loss = FusedHeadLoss.apply(hidden[:, :-1][keep], head.weight, targets[keep])
-                return _reduce(token_loss, keep, per_example)
+                rows = _reduce(token_loss, keep, per_example)
+                return (*rows, None) if router_aux else rows
             logits = self.post(head(hidden[:, :-1][keep]))  # [N, V]
         else:
             out = lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
             logits = out.logits[:, :-1][keep]  # [N, V], from the full [B, T, V]
-            if self.training and not per_example:
+            if self.training and (router_aux or not per_example):
                 aux = router_aux_term(lm, out)
         if not per_example:
             loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
             n = keep.sum()
             return (loss if aux is None else loss + aux * n), n
         token_loss = F.cross_entropy(logits.float(), targets[keep], reduction="none")  # [N]
-        return _reduce(token_loss, keep, per_example=True)
+        rows = _reduce(token_loss, keep, per_example=True)
+        return (*rows, aux) if router_aux else rows
 
 
 def _reduce(

@@ -10,6 +10,9 @@ round: the current version), β = ``train.dpo_beta``. A sequence's log-probabili
 minus the summed token loss over its reply, which :class:`LabelledLoss` computes with the
 reply as the only labelled span (``data.preference``); the reference's are computed once,
 before the first step, and stored with each pair, so no second model sits in memory.
+A mixture-of-experts model that trains its router (``output_router_logits``) adds
+``coef * aux_loss`` of the policy's forward to the mean pair loss, as TRL does; the
+reference log-probabilities and the validation loss leave it out.
 
 Why not TRL's ``DPOTrainer``: it is a transformers ``Trainer`` with its own loop, its own
 checkpoints and its own data pipeline. chattune's loop brings crash-safe resume, the
@@ -91,7 +94,10 @@ def preference_step(run: Any, group: list[list[int]]) -> tuple[float, int]:
         last = k == len(group) - 1
         sync = nullcontext() if last else run.accelerator.no_sync(run.loss_module)
         with sync, run.accelerator.autocast():
-            losses, _ = dpo_losses(log_probs(run.loss_module, batch), pairs, beta)
+            sums, _, aux = run.loss_module(**batch, per_example=True, router_aux=True)
+            losses, _ = dpo_losses(-sums, pairs, beta)
+            if aux is not None:  # the router term, weighted by this micro-batch's pairs
+                losses = losses + aux
             loss = losses.sum() * world / max(total_pairs, 1)
             if run.anchor is not None:
                 loss = loss + run.anchor() / len(group)
