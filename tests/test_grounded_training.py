@@ -7,6 +7,7 @@ Knowledge bases use the hashing embedder (no model); prompts come from the tiny 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -296,6 +297,71 @@ def test_kb_shuffle_moves_the_gold_passage_off_retrievals_first_place(tmp_path, 
         assert b.target.endswith(f"[{b.gold_at}]")
     assert len({ex.gold_at for _, ex in shuffled}) > 1  # not always [1] any more
     assert [ex.gold_at for _, ex in again] == [ex.gold_at for _, ex in shuffled]
+
+
+def test_kb_counterfactual_changes_the_gold_numbers_in_passage_and_reply(
+    tmp_path, kb_dir, tokenizer
+) -> None:
+    """Each number a reply takes from its gold passage becomes another of the same shape in
+    both; numbers the reply does not use, numbers the user said, other passages and the
+    knowledge base stay as they are."""
+    grounder = KbGrounder(str(kb_dir), profile())
+    rows = [TURNS, [TURNS[0], {"role": "user", "content": "Is shipping free over $60?"},
+                    TURNS[4]]]  # fmt: skip
+    convs = conversations(tmp_path, rows)
+    plain, _ = grounded(convs, tokenizer, grounder)
+    pairs, encoded = grounded(convs, tokenizer, grounder, counterfactual=1.0)
+    changed = {turn.reply.content: ex for turn, ex in pairs if ex.counterfactual}
+    assert set(changed) == {"It is free over $60.", "Yes, for $12.99.", "Within 45 days."}
+    assert not any(ex.counterfactual for _, ex in plain)
+    shapes = {"It is free over $60.": r"It is free over \$([1-9]\d)\. \[(\d)\]",
+              "Yes, for $12.99.": r"Yes, for \$([1-9]\d\.\d\d)\. \[(\d)\]",
+              "Within 45 days.": r"Within ([1-9]\d) days\. \[(\d)\]"}  # fmt: skip
+    originals = {"It is free over $60.": "60", "Yes, for $12.99.": "12.99", "Within 45 days.": "45"}
+    for reply, ex in changed.items():
+        found = re.fullmatch(shapes[reply], ex.target)
+        assert found, ex.target
+        new, n = found.group(1), int(found.group(2))
+        assert new != originals[reply] and n == ex.gold_at
+        gold, gold_before = ex.passages[n - 1], grounder.text(next(
+            p for p in plain[[t.reply.content for t, _ in plain].index(reply)][1].passages
+            if p.id == ex.passages[n - 1].id))  # fmt: skip
+        assert grounder.text(gold) == gold_before.replace(originals[reply], new)
+        block = grounder.head(None, ex.passages)[0].content
+        assert new in block and originals[reply] not in re.findall(
+            r"\d+(?:[.,]\d+)*", grounder.text(gold)
+        )
+    canada = changed["Yes, for $12.99."]
+    assert "5-8 business days" in grounder.text(canada.passages[canada.gold_at - 1])
+    asked = pairs[-1][1]  # the user named $60 first: the reply's $60 is not the passage's alone
+    assert not asked.counterfactual and asked.target.startswith("It is free over $60.")
+    for (_, ex), enc in zip(pairs, encoded, strict=True):
+        prompt, reply = (tokenizer.decode(t) for t in prompt_and_reply(enc))
+        assert ex.target in reply
+        if ex.counterfactual:
+            assert grounder.text(ex.passages[ex.gold_at - 1]).split()[-1] in prompt
+    texts = [[grounder.text(p) for p in ex.passages or []] for _, ex in plain]
+    replain, _ = grounded(convs, tokenizer, grounder)  # the knowledge base is untouched
+    assert [[grounder.text(p) for p in ex.passages or []] for _, ex in replain] == texts
+    again, _ = grounded(convs, tokenizer, grounder, counterfactual=1.0)
+    assert [ex.target for _, ex in again] == [ex.target for _, ex in pairs]  # seeded
+    other, _ = grounded(convs, tokenizer, grounder, counterfactual=1.0, seed=5)
+    assert [ex.target for _, ex in other] != [ex.target for _, ex in pairs]
+
+
+def test_another_number_keeps_the_shape() -> None:
+    import random
+
+    from chattune.data.grounded import _another_number
+
+    rng = random.Random(0)
+    shapes = {"45": r"[1-9]\d", "6.95": r"[1-9]\.\d\d", "10,000": r"[1-9]\d,000",
+              "0142": r"0\d\d\d", "7": r"[1-9]"}  # fmt: skip
+    for number, shape in shapes.items():
+        for _ in range(20):
+            other = _another_number(number, rng)
+            assert other != number and re.fullmatch(shape, other), (number, other)
+    assert _another_number("0", rng) == "0"
 
 
 def test_the_no_gold_share_trains_the_profiles_dont_know_reply(tmp_path, kb_dir, tokenizer):

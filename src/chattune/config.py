@@ -123,6 +123,14 @@ class DataConfig(Section):
         description="with data.kb: show each turn's passages in a seeded random order, so "
         "the gold one is not mostly at [1] as retrieval ranks it",
     )
+    kb_counterfactual: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="with data.kb: share of the turns whose reply repeats numbers of its gold "
+        "passage trained with those numbers changed in both, so the model learns to copy "
+        "them from the passage, not to recall them",
+    )
     kb_cite: bool = Field(
         True,
         description="with data.kb: add the gold passage's citation [n] to replies that "

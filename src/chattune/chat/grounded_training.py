@@ -11,7 +11,8 @@ uses too), so a model is trained on the prompts it will be served.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from chattune.config import RunConfig
@@ -140,6 +141,19 @@ class KbGrounder:
         from chattune.knowledge.grounding import citations, cite
 
         return reply if citations(reply) else cite(reply, n)
+
+    def text(self, passage: Passage) -> str:
+        c = passage.hit.chunk.chunk
+        return c.text if c.faq_id is None else f"{c.question}\n{c.answer}"
+
+    def rewrite(self, passage: Passage, swap: Callable[[str], str]) -> Passage:
+        hit = passage.hit
+        c = hit.chunk.chunk
+        if c.faq_id is None:
+            chunk = replace(c, text=swap(c.text))
+        else:  # the block quotes an FAQ entry as "Q: question / A: answer"
+            chunk = replace(c, question=swap(c.question or ""), answer=swap(c.answer or ""))
+        return replace(passage, hit=replace(hit, chunk=replace(hit.chunk, chunk=chunk)))
 
 
 def kb_grounder(cfg: RunConfig) -> KbGrounder | None:

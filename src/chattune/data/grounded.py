@@ -34,6 +34,10 @@ trained with every gold passage removed and the profile's ``no_answer`` as the t
 "say that you don't know" half of the instruction. Everything is deterministic given
 ``train.seed``. Earlier turns in a prompt are the data's own replies.
 
+``data.kb_counterfactual`` of the turns whose reply repeats numbers from its gold passage
+are trained with those numbers changed in both (:func:`counterfactual`): a fact that a model
+could have memorised from the rest of the data is then only in the passage.
+
 The knowledge base itself sits above this package: a :class:`Grounder` built by
 ``chattune train --kb`` (cli/train.py) does the retrieval and renders the head.
 """
@@ -43,6 +47,7 @@ from __future__ import annotations
 import difflib
 import logging
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -120,6 +125,15 @@ class Grounder(Protocol):
         unchanged if it already cites a passage."""
         ...
 
+    def text(self, passage: Passage) -> str:
+        """The passage's own words as the context block quotes them (not its headings)."""
+        ...
+
+    def rewrite(self, passage: Passage, swap: Callable[[str], str]) -> Passage:
+        """``passage`` with ``swap`` applied to its words (:meth:`text`), for the prompt only:
+        the knowledge base is not touched."""
+        ...
+
 
 @dataclass(frozen=True)
 class GroundedOptions:
@@ -129,6 +143,7 @@ class GroundedOptions:
     no_gold_share: float = 0.0
     cite: bool = True
     shuffle: bool = False  # passages in a seeded random order, not retrieval's
+    counterfactual: float = 0.0  # share of turns trained with the gold numbers changed
     seed: int = 0
     last_only: bool = False  # data.mask=last: only each conversation's final reply
 
@@ -153,6 +168,7 @@ class Example:
     gold_at: int | None = None  # the number ([n]) of the gold passage in the block
     inserted: bool = False  # the gold passage was not retrieved and was put in
     no_gold: bool = False
+    counterfactual: bool = False  # its gold numbers were changed (data.kb_counterfactual)
 
 
 def source_matches(name: str, given: str) -> bool:
@@ -296,8 +312,68 @@ def choose(
     if options.shuffle:  # the gold passage anywhere, not mostly at [1]
         random.Random(_turn_seed(options.seed, turn) + "\x1fshuffle").shuffle(kept)
     gold_at = _cited(kept, reply)
-    target = grounder.cite(reply.content, gold_at) if options.cite else reply.content
-    return Example(kept, target, gold_at, inserted)
+    content, changed = reply.content, False
+    if options.counterfactual > 0 and gold_at is not None:
+        kept, content, changed = counterfactual(turn, kept, gold_at, grounder, options)
+    target = grounder.cite(content, gold_at) if options.cite else content
+    return Example(kept, target, gold_at, inserted, counterfactual=changed)
+
+
+#: A number as facts are written: 45, 6.95, 10,000 (each group of a phone number apart).
+_NUMBER = re.compile(r"(?<![\d.,])\d+(?:[.,]\d+)*")
+
+
+def counterfactual(
+    turn: Turn, kept: list[Passage], gold_at: int, grounder: Grounder, options: GroundedOptions
+) -> tuple[list[Passage], str, bool]:
+    """For ``data.kb_counterfactual`` of the turns: every number that the reply takes from
+    its gold passage, and that the conversation so far does not mention, replaced by another
+    of the same shape in both the passage and the reply (45 -> 72, $6.95 -> $8.31).
+
+    Why: the support data's facts repeat across its conversations, so a model can lower its
+    loss by recalling "45 days" as well as by reading it, and the first run of grounded
+    training did recall: misses were memorised training replies next to the right passage
+    (docs/evaluation.md). With the number changed only the passage holds the answer. This is
+    the substitution training of Longpre et al. 2021 ("Entity-Based Knowledge Conflicts in
+    Question Answering"), which cut such memorisation; it is done here by hand because it
+    needs the engine's own prompt, which no data library builds.
+    Returns (passages, reply text, whether anything changed).
+    """
+    rng = random.Random(_turn_seed(options.seed, turn) + "\x1fcounterfactual")
+    gold = kept[gold_at - 1]
+    said = {m.group() for h in turn.history for m in _NUMBER.finditer(h.content)}
+    shared = {m.group() for m in _NUMBER.finditer(turn.reply.content)}
+    shared &= {m.group() for m in _NUMBER.finditer(grounder.text(gold))}
+    shared -= said
+    if not shared or rng.random() >= options.counterfactual:
+        return kept, turn.reply.content, False
+    mapping = {n: _another_number(n, rng) for n in sorted(shared)}
+    mapping = {n: m for n, m in mapping.items() if m != n}
+    if not mapping:
+        return kept, turn.reply.content, False
+
+    def swap(text: str) -> str:
+        return _NUMBER.sub(lambda m: mapping.get(m.group(), m.group()), text)
+
+    kept = [grounder.rewrite(p, swap) if i == gold_at - 1 else p for i, p in enumerate(kept)]
+    return kept, swap(turn.reply.content), True
+
+
+def _another_number(number: str, rng: random.Random) -> str:
+    """A different number written the same way: as many digits in each group, the same
+    separators, no new leading zero (``6.95`` -> ``8.31``, ``10,000`` -> ``37,000``: groups
+    after a thousands comma keep their zeros, so the result still reads as a round figure)."""
+    for _ in range(100):
+        out = []
+        for i, part in enumerate(re.split(r"([.,])", number)):
+            if part in {".", ","} or (i > 0 and set(part) == {"0"}):
+                out.append(part)
+            else:
+                first = "0" if part[0] == "0" else rng.choice("123456789")
+                out.append(first + "".join(rng.choice("0123456789") for _ in part[1:]))
+        if "".join(out) != number:
+            return "".join(out)
+    return number  # a lone 0 (or 0.0): nothing else has its shape
 
 
 def _turn_seed(seed: int, turn: Turn) -> str:
@@ -385,7 +461,8 @@ def _log_counts(retrieved: list[Retrieved], examples: list[Example]) -> None:
     gold = [e for e in examples if e.gold_at is not None]
     log.info(
         "grounded %d turns (engine: %d passages, %d FAQ, %d no answer); %d without a context "
-        "block; gold passage retrieved %d, inserted %d; %d trained to say they don't know",
+        "block; gold passage retrieved %d, inserted %d; %d trained to say they don't know; "
+        "%d with their gold numbers changed",
         len(examples),
         kinds["passages"],
         kinds["faq"],
@@ -394,4 +471,5 @@ def _log_counts(retrieved: list[Retrieved], examples: list[Example]) -> None:
         sum(not e.inserted for e in gold),
         sum(e.inserted for e in gold),
         sum(e.no_gold for e in examples),
+        sum(e.counterfactual for e in examples),
     )

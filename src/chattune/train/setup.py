@@ -148,6 +148,7 @@ def grounded_options(cfg: RunConfig) -> GroundedOptions:
         no_gold_share=d.kb_no_gold_share,
         cite=d.kb_cite,
         shuffle=d.kb_shuffle,
+        counterfactual=d.kb_counterfactual,
         seed=cfg.train.seed,
         last_only=d.mask is MaskPolicy.LAST,
     )
