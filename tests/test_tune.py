@@ -268,3 +268,32 @@ def test_evaluations_are_spread_over_the_epochs_a_trial_will_really_run(
     plan = plan_search(base, SearchSettings(space=["train.lr=1e-4:1e-3"]))
     steps = count_steps(base, n, 1, epochs)
     assert plan.eval_every == max(1, steps // 4) > count_steps(base, n, 1, 1.0) // 4
+
+
+def test_under_accelerate_launch_both_ranks_train_each_trial_and_stop_together(
+    chat_files, tiny_model_dir, tmp_path
+):
+    """Two CPU ranks (gloo): rank 0 draws the trials and prunes; rank 1 trains each of them
+    in the same DDP group and stops at the pruned trial's step with it. Either going wrong
+    hangs or breaks DDP (another run's shapes), which ``launch`` turns into a failure."""
+    import chattune.cli
+    from tests.test_distributed import launch
+
+    out = tmp_path / "search"
+    out.mkdir()
+    queued = optuna.create_study(storage=f"sqlite:///{out / 'study.db'}", study_name=out.name)
+    queued.enqueue_trial({"train.lr": 0.05, "adapter.r": 4})
+    queued.enqueue_trial({"train.lr": 1e-7, "adapter.r": 2})  # other shapes, then pruned
+    queued.enqueue_trial({"train.lr": 0.05, "adapter.r": 4})  # the first again, after a prune
+    space = ["--space", "train.lr=1e-7:1e-1:log", "--space", "adapter.r=2,4"]
+    prune_early = ["--startup-trials", "1", "--warmup-evals", "0"]
+    argv = tune_args(tiny_model_dir, chat_files, out, "--trials", "3", *space, *prune_early)
+    launch(Path(chattune.cli.__file__).parent / "__main__.py", 2, *argv, timeout=400)
+    good, weak, third = load(out).trials
+    assert good.state == third.state == TrialState.COMPLETE
+    assert sorted(good.intermediate_values) == [1, 2, 3, 4]
+    assert weak.state == TrialState.PRUNED and sorted(weak.intermediate_values) == [1]
+    assert third.intermediate_values == pytest.approx(good.intermediate_values)  # in step again
+    batches = [json.loads(p.read_text()) for p in out.rglob("batches.json")]
+    assert batches and all(b["processes"] == 2 for b in batches)  # trained as one DDP run
+    assert (out / "best.yaml").exists() and (out / "trials.csv").exists()

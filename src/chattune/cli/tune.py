@@ -70,6 +70,8 @@ def cmd_tune(cfg: TuneRun) -> int:
     logging.getLogger("optuna.study._optimize").addFilter(no_traceback_for_user_errors)
     base = RunConfig.model_validate(cfg.model_dump(exclude={"tune"}))
     result = run_search(base, cfg.tune)
+    if result is None:  # a rank other than 0 under accelerate launch: rank 0 reports
+        return 0
     print_summary(result)
     if result.interrupted:
         print("interrupted: the finished trials are saved; run the same command to go on")

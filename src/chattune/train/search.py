@@ -22,6 +22,11 @@ What Optuna does, and how it is set up here:
 - **counting**: ``--trials`` counts finished trials (complete, pruned, or failed with an
   error recorded); trials killed or interrupted do not count, so a search of 6 that had 4
   finished runs 2 more.
+- **several processes per trial** (``accelerate launch -m chattune.cli tune ...``): rank 0
+  alone opens the study, draws each trial and decides its pruning; it sends every other
+  rank the trial's config before training (:func:`share`) and its prune decision at each
+  evaluation, so all ranks train the same run in one DDP group and stop at the same step
+  (:func:`follow_search` is the other ranks' loop).
 
 The space's syntax is in :mod:`chattune.train.search_space`; the files a search writes
 (``best.yaml``, ``trials.csv``, ``trials.png``) in :mod:`chattune.train.search_report`.
@@ -312,7 +317,8 @@ def continue_killed_trial(cfg: RunConfig, trial: optuna.Trial, plan: SearchPlan)
 
 
 def train_trial(cfg: RunConfig, trial: optuna.Trial) -> float:
-    """Train one trial's run, reporting every evaluation; its best validation loss.
+    """Train one trial's run, reporting every evaluation; its best validation loss. With
+    several ranks, the run and each prune decision are sent to the others first.
 
     Raises:
         optuna.TrialPruned: the pruner stopped the run at an evaluation.
@@ -323,13 +329,16 @@ def train_trial(cfg: RunConfig, trial: optuna.Trial) -> float:
 
     if not cfg.train.resume:  # a new number: anything in its folder is another study's debris
         shutil.rmtree(cfg.train.output, ignore_errors=True)
+    several = world_size() > 1
+    if several:
+        share(("train", cfg))
     pruned_at: list[int] = []
 
     def after_evaluate(step: int, metrics: dict[str, float]) -> bool:
         trial.report(metrics["eval_loss"], step)
         if not pruned_at and trial.should_prune():
             pruned_at.append(step)
-        return bool(pruned_at)
+        return share(bool(pruned_at)) if several else bool(pruned_at)
 
     summary = run_train(cfg, TrainHooks(after_evaluate=after_evaluate))
     trial.set_user_attr("steps", summary["steps"])
@@ -353,6 +362,46 @@ def keep_only_best(study: optuna.Study, root: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+# ----- several ranks per trial ---------------------------------------------------------------
+
+
+def world_size() -> int:
+    """Processes per trial: ``WORLD_SIZE`` as ``accelerate launch`` (or torchrun) sets it."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def share(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (the others' is ignored): a pickled broadcast over
+    the process group that training uses, which this call starts if needed."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    from chattune.train.setup import without_accelerator
+
+    PartialState(cpu=without_accelerator())  # the process group the trials' runs share
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+def follow_search() -> None:
+    """A rank other than 0: train each run rank 0 announces, with rank 0's prune decisions,
+    until it says stop. The study, the report and the files are rank 0's alone.
+
+    A :class:`ChattuneError` in a run is rank 0's too (the same config fails the same way
+    on every rank), which fails the trial and announces the next one; this rank waits for it.
+    """
+    from chattune.train import TrainHooks, run_train
+
+    hooks = TrainHooks(after_evaluate=lambda step, metrics: bool(share(None)))
+    while True:
+        kind, cfg = share(None)
+        if kind == "stop":
+            return
+        try:
+            run_train(cfg, hooks)
+        except ChattuneError as e:
+            log.debug("rank %s: the trial failed: %s", os.environ.get("RANK"), e)
+
+
 # ----- the search ----------------------------------------------------------------------------
 
 
@@ -367,18 +416,32 @@ class SearchResult:
     files: dict[str, Path]
 
 
-def run_search(base: RunConfig, settings: SearchSettings) -> SearchResult:
+def run_search(base: RunConfig, settings: SearchSettings) -> SearchResult | None:
     """Run (or resume) a search until ``settings.trials`` trials have finished.
 
     Checks everything first (:func:`plan_search`), then lets Optuna run the trials:
     ``n_trials`` bounds this process, the stop callback the study as a whole (other
     processes may share it). Ctrl+C stops the search after writing what finished.
+    Under ``accelerate launch`` ranks other than 0 train rank 0's trials and return None.
 
     Example:
         >>> settings = SearchSettings(space=["train.lr=1e-5:1e-3:log"], trials=4)
         >>> run_search(build_config(yaml_path="run.yaml"), settings).files  # doctest: +SKIP
         {'best': PosixPath('runs/demo-tune/best.yaml'), ...}
     """
+    if world_size() > 1:
+        if int(os.environ.get("RANK", "0")) > 0:
+            follow_search()
+            return None
+        try:
+            return _search(base, settings)
+        finally:  # also after an error or Ctrl+C here: the other ranks wait for a word
+            share(("stop", None))
+    return _search(base, settings)
+
+
+def _search(base: RunConfig, settings: SearchSettings) -> SearchResult:
+    """:func:`run_search` in the process that holds the study."""
     import optuna
 
     from chattune.train.search_report import write_report

@@ -288,14 +288,21 @@ def frozen_weights_in_bf16(model: Any) -> int:
     return len(frozen)
 
 
+def without_accelerator() -> bool:
+    """No GPU: train on the CPU; under `accelerate launch`/torchrun that is DDP over gloo.
+    Accelerate's process state must be made with this same ``cpu`` flag everywhere (it is
+    one shared state: made without it first, it reports a single process)."""
+    return not (torch.cuda.is_available() or torch.backends.mps.is_available())
+
+
 def build_accelerator(cfg: RunConfig) -> Any:
     """One process or one rank of many, on the GPU if there is one; seeded."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    # Without a GPU, train on the CPU: under `accelerate launch`/torchrun that is DDP over gloo.
-    on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
-    accelerator = Accelerator(cpu=on_cpu, mixed_precision=resolve_precision(cfg.train.precision))
+    accelerator = Accelerator(
+        cpu=without_accelerator(), mixed_precision=resolve_precision(cfg.train.precision)
+    )
     set_seed(cfg.train.seed)
     return accelerator
 
