@@ -18,6 +18,7 @@ from chattune.chat.profile import BotProfile
 from chattune.config import build_config
 from chattune.data.grounded import (
     GroundedOptions,
+    _numbers,
     check_gold_names,
     encode_grounded,
     grounded_examples,
@@ -306,13 +307,19 @@ def test_kb_counterfactual_changes_the_gold_numbers_in_passage_and_reply(
     both; numbers the reply does not use, numbers the user said, other passages and the
     knowledge base stay as they are."""
     grounder = KbGrounder(str(kb_dir), profile())
+    cited = {"role": "assistant", "content": "Within 45 days [1].", "source": "returns.md"}
     rows = [TURNS, [TURNS[0], {"role": "user", "content": "Is shipping free over $60?"},
-                    TURNS[4]]]  # fmt: skip
+                    TURNS[4]],
+            [TURNS[0], {"role": "user", "content": "How long do I have to return a tent?"},
+             cited]]  # fmt: skip
     convs = conversations(tmp_path, rows)
     plain, _ = grounded(convs, tokenizer, grounder)
     pairs, encoded = grounded(convs, tokenizer, grounder, counterfactual=1.0)
     changed = {turn.reply.content: ex for turn, ex in pairs if ex.counterfactual}
-    assert set(changed) == {"It is free over $60.", "Yes, for $12.99.", "Within 45 days."}
+    assert set(changed) == {"It is free over $60.", "Yes, for $12.99.", "Within 45 days.",
+                            "Within 45 days [1]."}  # fmt: skip
+    assert re.fullmatch(r"Within [1-9]\d days \[1\]\.", changed.pop("Within 45 days [1]."
+                                                                   ).target)  # fmt: skip
     assert not any(ex.counterfactual for _, ex in plain)
     shapes = {"It is free over $60.": r"It is free over \$([1-9]\d)\. \[(\d)\]",
               "Yes, for $12.99.": r"Yes, for \$([1-9]\d\.\d\d)\. \[(\d)\]",
@@ -328,12 +335,10 @@ def test_kb_counterfactual_changes_the_gold_numbers_in_passage_and_reply(
             if p.id == ex.passages[n - 1].id))  # fmt: skip
         assert grounder.text(gold) == gold_before.replace(originals[reply], new)
         block = grounder.head(None, ex.passages)[0].content
-        assert new in block and originals[reply] not in re.findall(
-            r"\d+(?:[.,]\d+)*", grounder.text(gold)
-        )
+        assert new in block and originals[reply] not in _numbers(block)  # nowhere in the prompt
     canada = changed["Yes, for $12.99."]
     assert "5-8 business days" in grounder.text(canada.passages[canada.gold_at - 1])
-    asked = pairs[-1][1]  # the user named $60 first: the reply's $60 is not the passage's alone
+    asked = pairs[-2][1]  # the user named $60 first: the reply's $60 is not the passage's alone
     assert not asked.counterfactual and asked.target.startswith("It is free over $60.")
     for (_, ex), enc in zip(pairs, encoded, strict=True):
         prompt, reply = (tokenizer.decode(t) for t in prompt_and_reply(enc))
@@ -362,6 +367,15 @@ def test_another_number_keeps_the_shape() -> None:
             other = _another_number(number, rng)
             assert other != number and re.fullmatch(shape, other), (number, other)
     assert _another_number("0", rng) == "0"
+    assert _another_number("5", rng, taken={str(d) for d in range(1, 10)} - {"7"}) == "7"
+    assert _another_number("5", rng, taken={str(d) for d in range(1, 10)}) == "5"
+
+
+def test_counterfactual_numbers_are_whole_facts_only() -> None:
+    """Parts of words, codes, citations, ranges, dates, times and phone numbers stay."""
+    text = ("Ridgeline2 mp3 1st [1] 【2】 3-5 days 2024-05-01 24/7 9:30 1-800-555-0142 "
+            "but $6.95, 45 days, 10,000 BTU, 10% off and 8 °F")  # fmt: skip
+    assert _numbers(text) == {"6.95", "45", "10,000", "10", "8"}
 
 
 def test_the_no_gold_share_trains_the_profiles_dont_know_reply(tmp_path, kb_dir, tokenizer):

@@ -152,7 +152,11 @@ class KbGrounder:
         if c.faq_id is None:
             chunk = replace(c, text=swap(c.text))
         else:  # the block quotes an FAQ entry as "Q: question / A: answer"
-            chunk = replace(c, question=swap(c.question or ""), answer=swap(c.answer or ""))
+            chunk = replace(
+                c,
+                question=None if c.question is None else swap(c.question),
+                answer=None if c.answer is None else swap(c.answer),
+            )
         return replace(passage, hit=replace(hit, chunk=replace(hit.chunk, chunk=chunk)))
 
 

@@ -49,7 +49,7 @@ import logging
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -319,8 +319,15 @@ def choose(
     return Example(kept, target, gold_at, inserted, counterfactual=changed)
 
 
-#: A number as facts are written: 45, 6.95, 10,000 (each group of a phone number apart).
-_NUMBER = re.compile(r"(?<![\d.,])\d+(?:[.,]\d+)*")
+#: A number as facts are written: 45, 6.95, 10,000 ($, %, units around it), ASCII digits
+#: only. Not part of a word or code (Ridgeline2, mp3, 1st), a citation ([1]), a range or
+#: date or time (3-5, 2024-05-01, 24/7, 9:30) or a phone number: changing one part of
+#: those would make nonsense of the whole.
+_NUMBER = re.compile(r"(?<![\w.,/:\[【［])(?<!\d-)\d+(?:[.,]\d+)*(?![\w\]】］]|[/:-]\d)", re.ASCII)
+
+
+def _numbers(*texts: str) -> set[str]:
+    return {m.group() for t in texts for m in _NUMBER.finditer(t)}
 
 
 def counterfactual(
@@ -328,7 +335,7 @@ def counterfactual(
 ) -> tuple[list[Passage], str, bool]:
     """For ``data.kb_counterfactual`` of the turns: every number that the reply takes from
     its gold passage, and that the conversation so far does not mention, replaced by another
-    of the same shape in both the passage and the reply (45 -> 72, $6.95 -> $8.31).
+    of the same shape in the reply and in every passage shown (45 -> 72, $6.95 -> $8.31).
 
     Why: the support data's facts repeat across its conversations, so a model can lower its
     loss by recalling "45 days" as well as by reading it, and the first run of grounded
@@ -337,32 +344,46 @@ def counterfactual(
     the substitution training of Longpre et al. 2021 ("Entity-Based Knowledge Conflicts in
     Question Answering"), which cut such memorisation; it is done here by hand because it
     needs the engine's own prompt, which no data library builds.
+
+    A number left anywhere in the prompt after the swap (a heading, the system prompt) is
+    not changed at all, so the prompt never holds the old value beside the new; a new value
+    is never one the prompt or the reply already holds, and no two numbers get the same one.
     Returns (passages, reply text, whether anything changed).
     """
     rng = random.Random(_turn_seed(options.seed, turn) + "\x1fcounterfactual")
-    gold = kept[gold_at - 1]
-    said = {m.group() for h in turn.history for m in _NUMBER.finditer(h.content)}
-    shared = {m.group() for m in _NUMBER.finditer(turn.reply.content)}
-    shared &= {m.group() for m in _NUMBER.finditer(grounder.text(gold))}
-    shared -= said
+    reply = turn.reply.content
+    shared = _numbers(reply) & _numbers(grounder.text(kept[gold_at - 1]))
+    shared -= _numbers(*(h.content for h in turn.history))
     if not shared or rng.random() >= options.counterfactual:
-        return kept, turn.reply.content, False
-    mapping = {n: _another_number(n, rng) for n in sorted(shared)}
-    mapping = {n: m for n, m in mapping.items() if m != n}
-    if not mapping:
-        return kept, turn.reply.content, False
+        return kept, reply, False
+    head = "\n".join(m.content for m in grounder.head(turn.system, kept))
+    taken = _numbers(head, reply, *(h.content for h in turn.history))
+    mapping: dict[str, str] = {}
+    for n in sorted(shared):
+        new = _another_number(n, rng, taken)
+        if new != n:
+            mapping[n] = new
+            taken.add(new)
 
     def swap(text: str) -> str:
         return _NUMBER.sub(lambda m: mapping.get(m.group(), m.group()), text)
 
-    kept = [grounder.rewrite(p, swap) if i == gold_at - 1 else p for i, p in enumerate(kept)]
-    return kept, swap(turn.reply.content), True
+    rewritten = [grounder.rewrite(p, swap) for p in kept]
+    left = _numbers(*(m.content for m in grounder.head(turn.system, rewritten))) & set(mapping)
+    for n in left:  # outside what rewrite reaches: keep it as it is everywhere
+        del mapping[n]
+    if not mapping:
+        return kept, reply, False
+    if left:
+        rewritten = [grounder.rewrite(p, swap) for p in kept]
+    return rewritten, swap(reply), True
 
 
-def _another_number(number: str, rng: random.Random) -> str:
+def _another_number(number: str, rng: random.Random, taken: Collection[str] = ()) -> str:
     """A different number written the same way: as many digits in each group, the same
     separators, no new leading zero (``6.95`` -> ``8.31``, ``10,000`` -> ``37,000``: groups
-    after a thousands comma keep their zeros, so the result still reads as a round figure)."""
+    after a thousands comma keep their zeros, so the result still reads as a round figure),
+    none of ``taken``; ``number`` itself when there is no such number."""
     for _ in range(100):
         out = []
         for i, part in enumerate(re.split(r"([.,])", number)):
@@ -371,9 +392,9 @@ def _another_number(number: str, rng: random.Random) -> str:
             else:
                 first = "0" if part[0] == "0" else rng.choice("123456789")
                 out.append(first + "".join(rng.choice("0123456789") for _ in part[1:]))
-        if "".join(out) != number:
+        if "".join(out) != number and "".join(out) not in taken:
             return "".join(out)
-    return number  # a lone 0 (or 0.0): nothing else has its shape
+    return number  # a lone 0, or every other one-digit number taken
 
 
 def _turn_seed(seed: int, turn: Turn) -> str:

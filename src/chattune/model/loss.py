@@ -218,6 +218,8 @@ class LabelledLoss(nn.Module):
         built on the rows such as DPO's) a third item is that forward's ``coef * aux_loss``,
         or None when the model has none or the module is in eval mode.
         """
+        if router_aux and not per_example:
+            raise ValueError("router_aux=True is for per_example rows: the sum includes it")
         with self._inputs_left_to_autocast(input_ids.device.type):
             return self._forward(input_ids, attention_mask, labels, per_example, router_aux)
 

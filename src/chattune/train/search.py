@@ -160,8 +160,10 @@ def plan_search(base: RunConfig, settings: SearchSettings) -> SearchPlan:
     eval_every = base.train.eval_every
     if not eval_every:
         # the epochs a trial will run: unset, the number resolve_defaults picks (1-3), not 1
-        unset_filled = resolve_defaults(base, len(train_items), 1, has_val=False)
-        steps = count_steps(unset_filled, len(train_items), 1)
+        # (each of several ranks per trial takes 1/world of every step's batches)
+        world = world_size()
+        unset_filled = resolve_defaults(base, len(train_items), world, has_val=False)
+        steps = count_steps(unset_filled, len(train_items), world)
         eval_every = max(1, steps // settings.evals_per_trial)
         log.info(
             "the base run has no train.eval_every: evaluating every %d of its ~%d steps "
@@ -386,9 +388,16 @@ def follow_search() -> None:
     """A rank other than 0: train each run rank 0 announces, with rank 0's prune decisions,
     until it says stop. The study, the report and the files are rank 0's alone.
 
-    A :class:`ChattuneError` in a run is rank 0's too (the same config fails the same way
-    on every rank), which fails the trial and announces the next one; this rank waits for it.
+    A :class:`ChattuneError` that every rank meets at the same point (a config or data
+    problem: the same config fails the same way everywhere) fails the trial on rank 0 too,
+    which announces the next one. An error on one rank alone (out of memory, a tracker only
+    rank 0 opens) leaves the others in a collective: the launcher's timeout ends the job.
+    Ctrl+C reaches every rank: this one stops its run and waits for rank 0's "stop".
     """
+    import gc
+
+    import torch
+
     from chattune.train import TrainHooks, run_train
 
     hooks = TrainHooks(after_evaluate=lambda step, metrics: bool(share(None)))
@@ -399,7 +408,12 @@ def follow_search() -> None:
         try:
             run_train(cfg, hooks)
         except ChattuneError as e:
-            log.debug("rank %s: the trial failed: %s", os.environ.get("RANK"), e)
+            log.warning("rank %s: the trial failed: %s", os.environ.get("RANK"), e)
+        except KeyboardInterrupt:
+            log.info("rank %s: interrupted; waiting for rank 0", os.environ.get("RANK"))
+        gc.collect()  # rank 0 gets this from Optuna (gc_after_trial); free the last run
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 # ----- the search ----------------------------------------------------------------------------
@@ -434,9 +448,15 @@ def run_search(base: RunConfig, settings: SearchSettings) -> SearchResult | None
             follow_search()
             return None
         try:
-            return _search(base, settings)
-        finally:  # also after an error or Ctrl+C here: the other ranks wait for a word
+            result = _search(base, settings)  # Ctrl+C is caught in there: a clean return
+        except ChattuneError:  # a bad plan or storage, before any trial: let the ranks go
             share(("stop", None))
+            raise
+        # Any other error may come mid-trial, with the other ranks inside a collective:
+        # a broadcast now would pair with the wrong one, so it propagates and the launcher
+        # ends the job.
+        share(("stop", None))
+        return result
     return _search(base, settings)
 
 
