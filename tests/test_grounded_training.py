@@ -354,6 +354,24 @@ def test_kb_counterfactual_changes_the_gold_numbers_in_passage_and_reply(
     assert [ex.target for _, ex in other] != [ex.target for _, ex in pairs]
 
 
+def test_a_number_the_system_prompt_also_holds_is_left_alone(tmp_path, kb_dir, tokenizer):
+    """Changed in the passage, $60 would still be in the system prompt beside the new value:
+    it stays $60 everywhere, and the reply's other gold number is still changed."""
+    grounder = KbGrounder(str(kb_dir), profile())
+    reply = {"role": "assistant", "content": "Free over $60, else $5.99.", "source": "shipping.md"}
+    rows = [[{"role": "system", "content": "Orders over $60 ship free."},
+             {"role": "user", "content": "How much does shipping cost?"}, reply]]  # fmt: skip
+    pairs, _ = grounded(conversations(tmp_path, rows), tokenizer, grounder, counterfactual=1.0)
+    ((_, ex),) = pairs
+    assert ex.counterfactual
+    found = re.fullmatch(r"Free over \$60, else \$([1-9]\.\d\d)\. \[(\d)\]", ex.target)
+    assert found and found.group(1) != "5.99", ex.target
+    gold = grounder.text(ex.passages[int(found.group(2)) - 1])
+    assert "$60" in gold and f"${found.group(1)}" in gold and "5.99" not in gold
+    head = "\n".join(m.content for m in grounder.head("Orders over $60 ship free.", ex.passages))
+    assert "5.99" not in _numbers(head)
+
+
 def test_another_number_keeps_the_shape() -> None:
     import random
 
