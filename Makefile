@@ -10,6 +10,11 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install -q -c constraints.txt
 STAMP  := $(VENV)/.chattune-installed
 DEMO   := runs/demo
+# the demo bot trained again on the prompts serving builds with the knowledge base
+# (docs/training.md "Grounded fine-tuning"; measured in docs/evaluation.md); it answers the
+# first three questions of kb-grounded-test.jsonl next to the plain bot, then all of them
+GROUNDED := runs/demo-grounded
+GROUNDED_RECIPE := data.kb_profile=$(BOT) data.kb_shuffle=true data.max_len=1024 train.epochs=1
 BOT    := examples/support/bot.yaml
 AGENT  := examples/support/agent.yaml
 
@@ -27,7 +32,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/install-llama-cpp.sh
 setup: $(STAMP)
 
 demo: setup
-	rm -rf $(DEMO)
+	rm -rf $(DEMO) $(GROUNDED)
 	$(BIN)/chattune data stats examples/support/train.jsonl --max-len 512
 	$(BIN)/chattune train --config configs/demo.yaml --output $(DEMO)
 	$(BIN)/chattune generate --model $(DEMO) --compare smollm2-135m-instruct --profile $(BOT) \
@@ -39,6 +44,15 @@ demo: setup
 	$(BIN)/chattune kb add examples/support/kb --kb $(DEMO)/kb
 	$(BIN)/chattune kb eval --kb $(DEMO)/kb --profile $(BOT) \
 		--data examples/support/kb-paraphrases.jsonl --data examples/support/kb-unanswerable.jsonl
+	$(BIN)/chattune train --config configs/demo.yaml --kb $(DEMO)/kb $(GROUNDED_RECIPE) \
+		--output $(GROUNDED)
+	$(BIN)/chattune generate --model $(GROUNDED) --compare $(DEMO) --kb $(DEMO)/kb --profile $(BOT) \
+		--prompt "A sweater I ordered still has its labels on and I never wore it. How many days after delivery can I still get a refund for it?" \
+		--prompt "If I return something that isn't faulty, how much comes off my refund for the label?" \
+		--prompt "Once my returned parcel is at your warehouse, how many business days until the refund comes through?"
+	$(BIN)/chattune eval --model $(GROUNDED) --compare $(DEMO) --kb $(DEMO)/kb --profile $(BOT) \
+		--data examples/support/kb-grounded-test.jsonl --max-new-tokens 96 \
+		--json $(GROUNDED)/eval/grounded.json --report $(GROUNDED)/eval/report.html
 	$(BIN)/chattune export --model $(DEMO) --output $(DEMO)/pine.gguf --profile $(BOT)
 	printf '%s\n' "Do you ship to Canada?" "How long does it take?" \
 		"How heavy is the Ridgeline 2 tent?" "Do gift cards expire?" \
