@@ -189,19 +189,15 @@ def test_a_peft_wrapped_model_keeps_the_fast_path() -> None:
         torch.testing.assert_close(scorer(**b)[0], reference(model, b)[0].sum())
 
 
-def test_dpo_adds_the_router_term_as_trl_does() -> None:
-    """A DPO step on Mixtral with a trained router: loss and gradients of TRL's
-    ``mean(-log σ(β·margin)) + coef * aux_loss``, the aux term from the policy's forward on
-    the chosen and rejected rows together."""
+def _dpo_run(model, beta: float = 0.1):
+    """Two preference pairs on ``model`` and the parts of a run that ``preference_step``
+    reads (one process, no autocast)."""
     from contextlib import nullcontext
     from types import SimpleNamespace
 
-    from chattune.data.batching import collate
     from chattune.data.preference import EncodedPair
     from chattune.data.render import Encoded
-    from chattune.train.preference import preference_step
 
-    model = tiny("mixtral").train()
     g = torch.Generator().manual_seed(2)
 
     def encoded(n: int, prompt: int = 4) -> Encoded:
@@ -210,33 +206,76 @@ def test_dpo_adds_the_router_term_as_trl_does() -> None:
 
     pairs = [EncodedPair(encoded(12), encoded(9), -40.0, -25.0),
              EncodedPair(encoded(7), encoded(11), -15.0, -33.0)]  # fmt: skip
-    beta = 0.1
     accelerator = SimpleNamespace(
         num_processes=1, device=torch.device("cpu"), autocast=nullcontext,
         no_sync=lambda _: nullcontext(), backward=lambda loss: loss.backward(),
     )  # fmt: skip
-    run = SimpleNamespace(
+    return SimpleNamespace(
         cfg=SimpleNamespace(train=SimpleNamespace(dpo_beta=beta)), accelerator=accelerator,
         data=SimpleNamespace(train=pairs), tokenizer=SimpleNamespace(pad_token_id=0),
         loss_module=LabelledLoss(model).train(), anchor=None, sum_over_ranks=lambda *c: list(c),
     )  # fmt: skip
-    model.zero_grad()
-    loss, _ = preference_step(run, [[0, 1]])
-    ours = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def _trl_dpo_loss(model, pairs, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """TRL's DPO loss of one micro-batch: ``mean(-log σ(β·margin)) + coef * aux_loss``, the
+    aux term from the policy's forward on the chosen and rejected rows together; and the
+    DPO part alone."""
+    from chattune.data.batching import collate
 
     b = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], 0)
     out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-    assert out.aux_loss is not None and float(out.aux_loss) > 0
+    assert out.aux_loss is not None and float(out.aux_loss.detach()) > 0
     logits = out.logits[:, :-1].float().transpose(1, 2)
     logp = -F.cross_entropy(logits, b["labels"][:, 1:], reduction="none").sum(dim=1)
+    n = len(pairs)
     ref = torch.tensor([[p.ref_chosen for p in pairs], [p.ref_rejected for p in pairs]])
-    margin = beta * ((logp[:2] - ref[0]) - (logp[2:] - ref[1]))
+    margin = beta * ((logp[:n] - ref[0]) - (logp[n:] - ref[1]))
     dpo = -F.logsigmoid(margin).mean()
-    expected = dpo + MOE["router_aux_loss_coef"] * out.aux_loss
-    assert abs(loss - float(expected)) < 1e-5 and abs(loss - float(dpo)) > 1e-3
+    return dpo + MOE["router_aux_loss_coef"] * out.aux_loss, dpo
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def test_dpo_adds_the_router_term_as_trl_does() -> None:
+    """A DPO step on Mixtral with a trained router: loss and gradients of TRL's loss."""
+    from chattune.train.preference import preference_step
+
+    model = tiny("mixtral").train()
+    run = _dpo_run(model)
+    model.zero_grad()
+    loss, _ = preference_step(run, [[0, 1]])
+    ours = _grads(model)
+
+    expected, dpo = _trl_dpo_loss(model, run.data.train, 0.1)
+    assert abs(loss - expected.item()) < 1e-5 and abs(loss - dpo.item()) > 1e-3
     model.zero_grad()
     expected.backward()
     assert any("gate" in k for k in ours)
-    for k, p in model.named_parameters():
-        if p.grad is not None:
-            torch.testing.assert_close(ours[k], p.grad, rtol=1e-4, atol=1e-6)
+    for k, v in _grads(model).items():
+        torch.testing.assert_close(ours[k], v, rtol=1e-4, atol=1e-6)
+
+
+def test_dpo_router_term_under_gradient_accumulation_is_trls() -> None:
+    """Two accumulated micro-batches of one pair each: the gradient of TRL's
+    ``gradient_accumulation_steps=2``, each micro-batch's loss (its DPO term plus its own
+    router term) over 2; the logged loss is their mean."""
+    from chattune.train.preference import preference_step
+
+    model = tiny("mixtral").train()
+    run = _dpo_run(model)
+    model.zero_grad()
+    loss, _ = preference_step(run, [[0], [1]])
+    ours = _grads(model)
+
+    model.zero_grad()
+    total = torch.zeros(())
+    for pair in run.data.train:
+        micro, _ = _trl_dpo_loss(model, [pair], 0.1)
+        (micro / 2).backward()
+        total += micro.detach() / 2
+    assert abs(loss - float(total)) < 1e-5
+    for k, v in _grads(model).items():
+        torch.testing.assert_close(ours[k], v, rtol=1e-4, atol=1e-6)
