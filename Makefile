@@ -10,13 +10,13 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install -q -c constraints.txt
 STAMP  := $(VENV)/.chattune-installed
 DEMO   := runs/demo
+BOT    := examples/support/bot.yaml
+AGENT  := examples/support/agent.yaml
 # the demo bot trained again on the prompts serving builds with the knowledge base
 # (docs/training.md "Grounded fine-tuning"; measured in docs/evaluation.md); it answers the
 # first three questions of kb-grounded-test.jsonl next to the plain bot, then all of them
 GROUNDED := runs/demo-grounded
 GROUNDED_RECIPE := data.kb_profile=$(BOT) data.kb_shuffle=true data.max_len=1024 train.epochs=1
-BOT    := examples/support/bot.yaml
-AGENT  := examples/support/agent.yaml
 
 .PHONY: setup demo test test-fast lint bench clean
 

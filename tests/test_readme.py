@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -54,13 +55,11 @@ def readme_commands() -> list[list[str]]:
 
 
 def makefile_commands() -> list[list[str]]:
-    """chattune commands in the Makefile's recipes, with its variables filled in."""
-    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
-    variables = dict(re.findall(r"^(\w+)\s*:?=\s*(.*?)\s*$", text, re.M))
-    for _ in range(3):  # variables that use variables
-        text = re.sub(r"\$\((\w+)\)", lambda m: variables.get(m[1], m[1]), text)
-    recipes = "\n".join(line for line in text.splitlines() if line.startswith("\t"))
-    found = [chattune_argv(c) for c in shell_commands(recipes)]
+    """chattune commands of the demo as ``make -n demo`` prints them: make expands the
+    variables itself, so one defined after its use (empty under ``:=``) shows here."""
+    out = subprocess.run(["make", "-n", "demo"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    found = [chattune_argv(c) for c in shell_commands(out.stdout)]
     return [argv for argv in found if argv is not None]
 
 
