@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from pydantic import Field, model_validator
 
@@ -117,3 +119,24 @@ def test_bad_yaml_and_bad_override(tmp_path) -> None:
         build_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="'lr' is a value, not a section"):
         build_config(overrides=["train.lr=1", "train.lr.x=2"])
+
+
+def test_an_empty_path_is_an_error_not_the_current_folder(tmp_path) -> None:
+    """``data.kb_profile=`` (say, a Makefile variable that expanded to nothing) would read
+    the current folder as a YAML file; it fails at validation, naming the field."""
+    for field in ("data.kb", "data.kb_profile", "data.chat_template", "model.adapter"):
+        with pytest.raises(ConfigError, match=rf"{re.escape(field)}: String should have at"):
+            build_config(overrides=[f"{field}="])
+
+
+def test_a_folder_given_as_a_yaml_file_is_named(tmp_path) -> None:
+    from chattune.chat.profile import load_profile
+
+    where = re.escape(str(tmp_path))
+    with pytest.raises(ConfigError, match=rf"--config {where}: a folder, not a YAML file"):
+        build_config(tmp_path)
+    with pytest.raises(ConfigError, match=rf"data\.kb_profile {where}: a folder"):
+        load_profile(tmp_path, "data.kb_profile")
+    (tmp_path / "latin1.yaml").write_bytes(b"system_prompt: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"--profile .*latin1\.yaml: cannot read it as UTF-8"):
+        load_profile(tmp_path / "latin1.yaml")

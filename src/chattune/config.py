@@ -71,6 +71,7 @@ class ModelConfig(Section):
     trust_remote_code: bool = Field(False, description="run model code shipped with a folder")
     adapter: str | None = Field(
         None,
+        min_length=1,
         description="continue training this adapter (a chattune output folder trained on "
         "model.base) instead of a new one; adapter.* then come from the folder",
     )
@@ -92,16 +93,19 @@ class DataConfig(Section):
     block_size: int = Field(512, ge=16, description="packed block length for objective=lm")
     chat_template: str | None = Field(
         None,
+        min_length=1,
         description="a Jinja chat template (inline, or the path of a .jinja file) to use "
         "instead of the tokenizer's: for models with none, or one that is not prefix-stable",
     )
     kb: str | None = Field(
         None,
+        min_length=1,
         description="knowledge base folder (chattune kb add): train each assistant turn on "
         "the grounded prompt the chat engine builds with it (docs/training.md)",
     )
     kb_profile: str | None = Field(
         None,
+        min_length=1,
         description="with data.kb: the bot profile YAML serving uses (system prompt, few-shot "
         "examples, knowledge settings); unset: the default profile",
     )
@@ -307,6 +311,10 @@ def load_yaml(path: str | Path, flag: str = "--config") -> dict[str, Any]:
         tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"{flag} {p}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{flag} {p}: a folder, not a YAML file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{flag} {p}: cannot read it as UTF-8 text: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{flag} {p}: not valid YAML: {e}") from None
     if not isinstance(tree, dict):

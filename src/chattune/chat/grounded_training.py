@@ -167,4 +167,4 @@ def kb_grounder(cfg: RunConfig) -> KbGrounder | None:
         return None
     from chattune.chat.profile import load_profile
 
-    return KbGrounder(cfg.data.kb, load_profile(cfg.data.kb_profile))
+    return KbGrounder(cfg.data.kb, load_profile(cfg.data.kb_profile, "data.kb_profile"))

@@ -80,8 +80,9 @@ class BotProfile(BaseModel):
         return ([sys_msg] if sys_msg else []) + self.example_messages()
 
 
-def load_profile(path: str | Path | None) -> BotProfile:
-    """Read a profile YAML file; no path gives the default (empty) profile.
+def load_profile(path: str | Path | None, flag: str = "--profile") -> BotProfile:
+    """Read a profile YAML file; no path gives the default (empty) profile. Errors name
+    ``flag``, where the path came from.
 
     ``extends: base.yaml`` (a path relative to this file) starts from another profile: this
     file's sections replace the base's, and its ``nlu``, ``knowledge``, ``handoff`` and
@@ -91,31 +92,31 @@ def load_profile(path: str | Path | None) -> BotProfile:
     if path is None:
         return BotProfile()
     p = Path(path)
-    data = _with_bases(p, [])
+    data = _with_bases(p, [], flag)
     try:
         return BotProfile.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"--profile {p}: " + format_validation_error(e)) from None
+        raise ConfigError(f"{flag} {p}: " + format_validation_error(e)) from None
 
 
 _MERGED = ("nlu", "knowledge", "handoff", "generation")
 
 
-def _with_bases(path: Path, seen: list[Path]) -> dict[str, Any]:
+def _with_bases(path: Path, seen: list[Path], flag: str) -> dict[str, Any]:
     """The profile's YAML with every ``extends`` resolved (bases first)."""
     if path.resolve() in seen:
         chain = " -> ".join(str(s) for s in [*seen, path.resolve()])
-        raise ConfigError(f"--profile: 'extends' loops: {chain}")
-    data = load_yaml(path, "--profile")
+        raise ConfigError(f"{flag}: 'extends' loops: {chain}")
+    data = load_yaml(path, flag)
     base = data.pop("extends", None)
     if base is None:
         return data
     if not isinstance(base, str) or not base.strip():
-        raise ConfigError(f"--profile {path}: 'extends' must be the path of another profile")
+        raise ConfigError(f"{flag} {path}: 'extends' must be the path of another profile")
     if not (path.parent / base).is_file():
-        raise ConfigError(f"--profile {path}: extends {base}: no such file "
+        raise ConfigError(f"{flag} {path}: extends {base}: no such file "
                           f"(looked for {path.parent / base})")  # fmt: skip
-    merged = _with_bases(path.parent / base, [*seen, path.resolve()])
+    merged = _with_bases(path.parent / base, [*seen, path.resolve()], flag)
     for key, value in data.items():
         if key in _MERGED and isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = {**merged[key], **value}
