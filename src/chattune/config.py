@@ -313,8 +313,10 @@ def load_yaml(path: str | Path, flag: str = "--config") -> dict[str, Any]:
         raise ConfigError(f"{flag} {p}: no such file") from None
     except IsADirectoryError:
         raise ConfigError(f"{flag} {p}: a folder, not a YAML file") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
         raise ConfigError(f"{flag} {p}: cannot read it as UTF-8 text: {e}") from None
+    except OSError as e:  # permissions, a device, ...
+        raise ConfigError(f"{flag} {p}: cannot read it: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{flag} {p}: not valid YAML: {e}") from None
     if not isinstance(tree, dict):
