@@ -305,7 +305,7 @@ def _tuning_and_training_questions() -> list[str]:
         found = [row["question"] for row in csv.DictReader(f)]
     for name in ("kb-paraphrases", "kb-unanswerable", "kb-keywords"):
         found += [json.loads(line)["question"] for line in (SUPPORT / f"{name}.jsonl").open()]
-    for name in ("train", "val"):
+    for name in ("train", "val", "kb-questions"):
         for line in (SUPPORT / f"{name}.jsonl").open():
             found += [m["content"] for m in json.loads(line)["messages"] if m["role"] == "user"]
     return found

@@ -28,6 +28,7 @@ from chattune.data.readers import read_conversations
 from chattune.data.render import IGNORE_INDEX, encode_conversation, tokenize
 from chattune.data.types import Conversation, Message
 from chattune.errors import ConfigError, DataError
+from chattune.evaluate.facts import contains_fact
 from chattune.knowledge.grounding import Grounding, Knowledge, context_block
 from chattune.knowledge.store import KnowledgeBase
 from chattune.train.setup import build_data
@@ -448,3 +449,35 @@ def test_a_kb_run_without_a_grounder_says_how_to_get_one(tmp_path, kb_dir, token
     cfg = build_config(flags={"data.train": [str(path)], "data.kb": str(kb_dir)})
     with pytest.raises(ConfigError, match="chattune train --kb DIR"):
         build_data(cfg, tokenizer)
+
+
+def test_the_document_questions_are_extracts_of_their_gold_passages(tmp_path, monkeypatch):
+    """kb-questions.jsonl (RAFT-style pairs for grounded training) is what its generator
+    writes; each reply's numbers are in the passage it names; and the facts it holds out
+    are asked by the grounded test set and stated by no reply, so that the test's questions
+    on them measure reading, not recall."""
+    support = ROOT / "examples/support"
+    monkeypatch.syspath_prepend(str(support))
+    import generate_kb_questions as gen
+
+    path = support / "kb-questions.jsonl"
+    assert [json.loads(line) for line in path.open()] == gen.conversations()
+    kb = KnowledgeBase(tmp_path / "kb", create=True, embedder="hashing")
+    kb.add([support / "kb"])
+    grounder = KbGrounder(str(tmp_path / "kb"), BotProfile())
+    convs = read_conversations(path)
+    assert len(convs) >= 80 and check_gold_names(convs, *grounder.names(), grounder.kb) == []
+    chunks = list(kb.chunks(list(range(1, kb.count() + 1))).values())
+    number = re.compile(r"\d[\d,.]*\d|\d")
+    for conv in convs:
+        (reply,) = [m for m in conv.messages if m.role == "assistant"]
+        gold = [c.chunk.answer for c in chunks if c.chunk.faq_id in reply.faq_ids]
+        gold += [c.chunk.index_text for c in chunks if c.source.endswith(reply.sources)]
+        said = set(number.findall(" ".join(gold)))
+        assert set(number.findall(reply.content)) <= said, (conv.source, reply.content)
+        assert not any(contains_fact(f, reply.content) for f in gen.HELD_OUT_FACTS), conv.source
+    test_set = (support / "kb-grounded-test.jsonl").open()
+    asked = [json.dumps(json.loads(line).get("facts"), ensure_ascii=False) for line in test_set]
+    kb_text = "\n".join(c.chunk.index_text for c in chunks)
+    for fact in gen.HELD_OUT_FACTS:
+        assert any(fact in facts for facts in asked) and contains_fact(fact, kb_text), fact
