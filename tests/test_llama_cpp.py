@@ -6,6 +6,7 @@ The engine behaviour both local backends share is in test_backends.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -130,6 +131,11 @@ def test_a_dead_worker_fails_its_requests_and_the_next_one_restarts_it(
         pid = backend.worker_pid
         os.kill(pid, signal.SIGSTOP)  # it cannot finish the reply before it dies
         os.kill(pid, how)
+        # A stopped process only acts on SIGKILL and SIGCONT: a SIGSEGV stays pending
+        # while it is stopped, and the worker would hang instead of dying. SIGCONT
+        # delivers the pending signal before the worker runs another instruction.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
         with pytest.raises(BackendCrashed, match="died"):
             list(stream)
         assert ChatEngine(backend).reply([Message("user", "Hi")]) == SCRIPT
