@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from chattune.chat.profile import load_profile
 from chattune.cli.common import knowledge
 from chattune.data.types import Message
+from chattune.evaluate.facts import match_fact
 from chattune.knowledge import grounding as G
 from chattune.knowledge.chunking import Chunk
 from chattune.knowledge.retrieve import Hit
@@ -95,9 +96,8 @@ def install(keep: int) -> None:
 
 
 def has_facts(text: str, facts: list[str | list[str]]) -> bool:
-    """Every fact (any of its alternatives) is in ``text``, as the grounded eval matches."""
-    low = text.lower()
-    return all(any(a.lower() in low for a in ([f] if isinstance(f, str) else f)) for f in facts)
+    """Every fact (any of its alternatives) is in ``text``, matched as the grounded eval does."""
+    return all(match_fact([f] if isinstance(f, str) else f, text) for f in facts)
 
 
 def ceiling(kb: str, profile: str, data: str, keep: int) -> None:
