@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import re
 import sys
@@ -40,6 +39,7 @@ from chattune.chat.profile import load_profile
 from chattune.cli.common import knowledge
 from chattune.data.types import Message
 from chattune.evaluate.facts import match_fact
+from chattune.evaluate.questions import read_grounded_questions
 from chattune.knowledge import grounding as G
 from chattune.knowledge.chunking import Chunk
 from chattune.knowledge.retrieve import Hit
@@ -95,9 +95,14 @@ def install(keep: int) -> None:
     G.Knowledge.ground = narrowed  # type: ignore[method-assign]
 
 
-def has_facts(text: str, facts: list[str | list[str]]) -> bool:
+def has_facts(text: str, facts: tuple[tuple[str, ...], ...]) -> bool:
     """Every fact (any of its alternatives) is in ``text``, matched as the grounded eval does."""
-    return all(match_fact([f] if isinstance(f, str) else f, text) for f in facts)
+    return all(match_fact(alternatives, text) for alternatives in facts)
+
+
+def passage_text(hits: list[Hit]) -> str:
+    """The passages' bodies as the narrowing sees them."""
+    return " ".join(" ".join(sentences(h.chunk.chunk)) for h in hits)
 
 
 def ceiling(kb: str, profile: str, data: str, keep: int) -> None:
@@ -105,18 +110,15 @@ def ceiling(kb: str, profile: str, data: str, keep: int) -> None:
     kn = knowledge(kb, load_profile(profile))
     assert kn is not None
     full = kept = shown = 0
-    for line in Path(data).read_text().splitlines():
-        q = json.loads(line)
-        if not q.get("facts"):
+    for q in read_grounded_questions(data):
+        if not q.facts:
             continue
-        g = kn.ground([Message("user", q["question"])])
+        g = kn.ground(list(q.history))
         if g.kind != "passages":
             continue
         shown += 1
-        body = [" ".join(sentences(h.chunk.chunk)) for h in g.hits]
-        full += has_facts(" ".join(body), q["facts"])
-        small = narrow(kn, q["question"], g.hits, keep)
-        kept += has_facts(" ".join(" ".join(sentences(h.chunk.chunk)) for h in small), q["facts"])
+        full += has_facts(passage_text(g.hits), q.facts)
+        kept += has_facts(passage_text(narrow(kn, q.text, g.hits, keep)), q.facts)
     print(f"ceiling: {shown} questions with facts reach the model; the facts are in the full "
           f"passages for {full}, in the {keep} kept sentences for {kept}", flush=True)  # fmt: skip
 
